@@ -1,0 +1,45 @@
+"""Where trainers report: a small protocol, so the library never knows about MLflow or Prefect.
+
+Trainers call ``tracker.log_metrics({...}, step)`` and ``tracker.progress(step, total, **info)``.
+The stage runner supplies a tracker that writes stepped metrics to MLflow (rank 0 only) and
+structured events to stdout; tests and library users pass ``NullTracker()``
+(the null object, so trainers never branch on "is tracking on").
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+
+class Tracker(Protocol):
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+
+    def progress(self, step: int, total: int, **info: Any) -> None: ...
+
+    def log_table(self, rows: list[dict[str, Any]], name: str) -> None: ...
+
+
+class NullTracker:
+    """Tracking off: same methods, no effect."""
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        pass
+
+    def progress(self, step: int, total: int, **info: Any) -> None:
+        pass
+
+    def log_table(self, rows: list[dict[str, Any]], name: str) -> None:
+        pass
+
+
+class ListTracker(NullTracker):
+    """Keeps every logged metric in memory (for tests and small scripts)."""
+
+    def __init__(self) -> None:
+        self.history: list[tuple[int, dict[str, float]]] = []
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        self.history.append((step, dict(metrics)))
+
+    def series(self, key: str) -> list[float]:
+        return [m[key] for _, m in self.history if key in m]
