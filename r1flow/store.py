@@ -1,0 +1,519 @@
+"""The artifact store: one interface over a local folder and S3 (DESIGN "One store interface").
+
+Why it looks like this:
+
+1. Stages pass small ``ArtifactRef``s (URI + content digest), never models or datasets
+   (DESIGN "Tasks pass references"); a ref is cheap JSON that Prefect can persist and hash.
+2. An artifact is a folder plus ``manifest.json`` (sorted ``{path, size, sha256}`` list,
+   created time, meta) written LAST: no manifest, no artifact. Replacing a key hides the old
+   manifest first, so a crash mid-upload leaves nothing visible and resume logic ("newest
+   complete checkpoint") never sees half a folder.
+3. ``ArtifactRef.digest`` hashes the file list only (``digest_json(files)``), not the manifest's
+   created time or meta: identical content gives an identical digest, so cache keys built from
+   input digests stay stable when a stage re-runs and reproduces the same output.
+4. Readers verify every sha256 (``CorruptArtifact`` names the file). ``verify`` is cheap by
+   default (manifest present, sizes match); ``deep=True`` re-hashes.
+5. The algorithm lives once in ``Store``; a backend supplies seven byte-level primitives.
+   S3 goes through boto3 with a configurable endpoint (MinIO, AWS, moto), a short connect
+   timeout and few retries, so an unreachable endpoint fails in seconds with ``StoreUnreachable``
+   naming it; CRC checksums default to "when_required" because some S3-compatible stores
+   reject botocore's defaults. Credentials come only from the boto3 chain and are never held
+   in refs, manifests or ``repr``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MANIFEST = "manifest.json"
+_CHUNK = 1 << 20
+
+
+class StoreError(RuntimeError):
+    """Any store failure, with a message that says what and where."""
+
+
+class MissingArtifact(StoreError):
+    """No manifest at the key: the artifact does not exist (or was never completed)."""
+
+
+class CorruptArtifact(StoreError):
+    """A file's bytes do not match its manifest entry, or the artifact changed under a ref."""
+
+
+class StoreUnreachable(StoreError):
+    """The S3 endpoint cannot be reached (connection refused, timeout, DNS)."""
+
+
+class ArtifactRef(BaseModel):
+    """What a task returns: where the artifact lives and what its content hashes to."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    uri: str = Field(description="file:///abs/path or s3://bucket/key of the artifact folder")
+    digest: str = Field(description="sha256 of the manifest's canonical file list")
+    meta: dict[str, str] = Field(default_factory=dict, description="e.g. producing run id, stage")
+
+    def sub(self, path: str) -> str:
+        """URI of a file or sub-folder inside the artifact."""
+        return f"{self.uri.rstrip('/')}/{path.lstrip('/')}"
+
+
+class FileEntry(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    path: str
+    size: int = Field(ge=0)
+    sha256: str
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    files: list[FileEntry]
+    created: str
+    digest: str
+    meta: dict[str, str] = Field(default_factory=dict)
+
+    @classmethod
+    def build(cls, files: list[FileEntry], meta: dict[str, str] | None) -> Manifest:
+        files = sorted(files, key=lambda f: f.path)
+        return cls(
+            files=files,
+            created=datetime.now(timezone.utc).isoformat(),
+            digest=digest_json([f.model_dump() for f in files]),
+            meta=dict(meta or {}),
+        )
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(self.model_dump(), indent=1, sort_keys=True).encode()
+
+    @classmethod
+    def parse(cls, data: bytes, where: str) -> Manifest:
+        try:
+            m = cls.model_validate_json(data)
+        except ValueError as e:
+            raise CorruptArtifact(f"manifest at {where} is unreadable: {e}") from None
+        if digest_json([f.model_dump() for f in m.files]) != m.digest:
+            raise CorruptArtifact(f"manifest at {where} does not match its own digest")
+        return m
+
+
+class S3Options(BaseModel):
+    """How the S3 client talks to the endpoint; defaults fail fast and suit S3-compatible stores."""
+
+    model_config = ConfigDict(extra="forbid")
+    region: str | None = Field(None, description="region; None = boto3 chain, else us-east-1")
+    connect_timeout: float = Field(5.0, gt=0, description="seconds to open a connection")
+    read_timeout: float = Field(60.0, gt=0, description="seconds to wait for a response")
+    max_attempts: int = Field(3, ge=1, le=20, description="tries per request (botocore retries)")
+    retry_mode: Literal["standard", "adaptive", "legacy"] = Field("standard", description="botocore mode")
+    checksum: Literal["when_required", "when_supported"] = Field(
+        "when_required", description="request_checksum_calculation and response_checksum_validation"
+    )
+    addressing_style: Literal["path", "virtual", "auto"] = Field("path", description="bucket in URL path")
+    multipart_threshold: int = Field(64 << 20, ge=5 << 20, description="bytes; larger files go multipart")
+    multipart_chunksize: int = Field(16 << 20, ge=5 << 20, description="bytes per multipart part")
+    max_concurrency: int = Field(4, ge=1, le=64, description="threads per file transfer")
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, BaseModel):
+        return obj.model_dump(mode="json")
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"cannot encode {type(obj).__name__} as JSON")
+
+
+def digest_json(obj: Any) -> str:
+    """sha256 of canonical JSON (sorted keys, no whitespace); pydantic models are dumped first.
+
+    >>> digest_json({"b": 1, "a": [1, 2]}) == digest_json({"a": [1, 2], "b": 1})
+    True
+    """
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=_json_default)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _files_of(local_dir: Path) -> list[Path]:
+    """Every regular file under local_dir except a top-level manifest (sorted)."""
+    if not local_dir.is_dir():
+        raise StoreError(f"{local_dir} is not a folder")
+    files = sorted(p for p in local_dir.rglob("*") if p.is_file() and p != local_dir / MANIFEST)
+    if not files:
+        raise StoreError(f"refusing to store an empty folder: {local_dir}")
+    return files
+
+
+def _join(*parts: str) -> str:
+    return "/".join(p.strip("/") for p in parts if p.strip("/"))
+
+
+Locator = str | ArtifactRef
+
+
+class Store(ABC):
+    """Artifacts by key ('/'-separated, relative to the root); a URI inside the root works as a key.
+
+    Backends set ``root_uri`` and implement ``check`` and the primitives at the end.
+    """
+
+    root_uri: str
+
+    def resolve(self, key: Locator) -> str:
+        key = self._key(key)
+        return f"{self.root_uri}/{key}" if key else self.root_uri
+
+    def local_path(self, where: Locator) -> Path | None:
+        """The artifact's folder on this machine when it can be read in place (no copy), else None."""
+        return None
+
+    def put_dir(self, local_dir: str | Path, key: str, meta: dict[str, str] | None = None) -> ArtifactRef:
+        """Upload every file of local_dir to key, then the manifest; returns the ref."""
+        src, base = Path(local_dir), self._artifact_key(key)
+        files = _files_of(src)
+        entries = [
+            FileEntry(path=f.relative_to(src).as_posix(), size=f.stat().st_size, sha256=sha256_file(f))
+            for f in files
+        ]
+        manifest = Manifest.build(entries, meta)
+        self._remove([_join(base, MANIFEST)])  # hide an older version before touching its files
+        for f, e in zip(files, entries):
+            self._upload(f, _join(base, e.path))
+        self._write_manifest(base, manifest)
+        wanted = {e.path for e in entries} | {MANIFEST}
+        self._remove([_join(base, p) for p in self._sizes(base) if p not in wanted])
+        return ArtifactRef(uri=self.resolve(base), digest=manifest.digest, meta=manifest.meta)
+
+    def _write_manifest(self, base: str, manifest: Manifest) -> None:
+        self._write(_join(base, MANIFEST), manifest.to_bytes())
+
+    def manifest(self, where: Locator) -> Manifest:
+        uri = self.resolve(where)
+        try:
+            data = self._read(_join(self._key(where), MANIFEST))
+        except MissingArtifact:
+            raise MissingArtifact(f"no artifact at {uri} (no {MANIFEST})") from None
+        return Manifest.parse(data, uri)
+
+    def ref(self, where: Locator) -> ArtifactRef:
+        """A ref to an existing artifact, rebuilt from its manifest."""
+        m = self.manifest(where)
+        return ArtifactRef(uri=self.resolve(where), digest=m.digest, meta=m.meta)
+
+    def get_dir(self, where: Locator, local_dir: str | Path) -> Path:
+        """Download into local_dir (with its manifest), checking every sha256."""
+        m, base, dst = self._checked_manifest(where), self._key(where), Path(local_dir)
+        for e in m.files:
+            target = dst / e.path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self._download(_join(base, e.path), target)
+            sha = sha256_file(target)
+            if sha != e.sha256:
+                raise CorruptArtifact(
+                    f"{e.path} in {self.resolve(base)}: sha256 {sha[:12]}… != manifest {e.sha256[:12]}…"
+                )
+        _atomic_write(dst / MANIFEST, m.to_bytes())
+        return dst
+
+    def exists(self, where: Locator) -> bool:
+        try:
+            self.manifest(where)
+        except MissingArtifact:
+            return False
+        return True
+
+    def verify(self, where: Locator, *, deep: bool = False) -> bool:
+        """Manifest present (and matching the ref's digest), sizes match; deep: sha256 match."""
+        try:
+            m = self._checked_manifest(where)
+        except (MissingArtifact, CorruptArtifact):
+            return False
+        base = self._key(where)
+        sizes = self._sizes(base)
+        if any(sizes.get(e.path) != e.size for e in m.files):
+            return False
+        return not deep or all(self._sha(_join(base, e.path)) == e.sha256 for e in m.files)
+
+    def delete(self, where: Locator) -> None:
+        """Manifest first (the artifact vanishes at once), then its files."""
+        base = self._artifact_key(where)
+        self._remove([_join(base, MANIFEST)])
+        self._remove([_join(base, p) for p in self._sizes(base)])
+
+    def keys(self, prefix: str = "") -> list[str]:
+        """Keys of complete artifacts (with a manifest) under prefix, sorted."""
+        base = self._key(prefix)
+        found = [p.rpartition("/")[0] for p in self._sizes(base) if p.rpartition("/")[2] == MANIFEST]
+        return sorted(_join(base, p) for p in found if not any(s.startswith(".") for s in p.split("/")))
+
+    def read_json(self, key: str) -> Any:
+        return json.loads(self._read(self._key(key)))
+
+    def write_json(self, key: str, obj: Any) -> None:
+        """Small records (run state, cache entries), replaced atomically."""
+        self._write(self._key(key), json.dumps(obj, indent=1, sort_keys=True, default=_json_default).encode())
+
+    @abstractmethod
+    def check(self) -> None:
+        """Raise unless the store is reachable and writable (call before expensive work)."""
+
+    def _checked_manifest(self, where: Locator) -> Manifest:
+        m = self.manifest(where)
+        if isinstance(where, ArtifactRef) and m.digest != where.digest:
+            raise CorruptArtifact(
+                f"{where.uri} was replaced: digest {m.digest[:12]}… != ref {where.digest[:12]}…"
+            )
+        return m
+
+    def _artifact_key(self, where: Locator) -> str:
+        if not (key := self._key(where)):
+            raise StoreError(f"an artifact needs a key below the store root {self.root_uri}")
+        return key
+
+    def _key(self, where: Locator) -> str:
+        uri = where.uri if isinstance(where, ArtifactRef) else str(where)
+        root = self.root_uri.rstrip("/")
+        if uri == root or uri.startswith(root + "/"):
+            return uri[len(root) :].strip("/")
+        if "://" in uri:
+            raise StoreError(f"{uri} is not inside this store ({self.root_uri})")
+        return uri.strip("/")
+
+    # The backend's primitives; keys are full keys relative to the root.
+    @abstractmethod
+    def _read(self, key: str) -> bytes: ...  # MissingArtifact when absent
+    @abstractmethod
+    def _write(self, key: str, data: bytes) -> None: ...  # atomic replace
+    @abstractmethod
+    def _upload(self, path: Path, key: str) -> None: ...
+    @abstractmethod
+    def _download(self, key: str, path: Path) -> None: ...
+    @abstractmethod
+    def _sizes(self, prefix: str) -> dict[str, int]: ...  # path relative to prefix -> size
+    @abstractmethod
+    def _sha(self, key: str) -> str: ...
+    @abstractmethod
+    def _remove(self, keys: list[str]) -> None: ...  # absent keys are fine
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+class LocalStore(Store):
+    """A folder on this machine; every file lands through a hidden temp file and a rename."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).expanduser().resolve()
+        self.root_uri = self.root.as_uri()
+
+    def __repr__(self) -> str:
+        return f"LocalStore({str(self.root)!r})"
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if path != self.root and self.root not in path.parents:
+            raise StoreError(f"key {key!r} escapes the store root {self.root}")
+        return path
+
+    def local_path(self, where: Locator) -> Path | None:
+        return self._path(self._key(where))
+
+    def check(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            _atomic_write(self.root / ".check", b"ok")
+        except OSError as e:
+            raise StoreError(f"local store {self.root} is not writable: {e}") from e
+
+    def _read(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except (FileNotFoundError, NotADirectoryError):
+            raise MissingArtifact(f"nothing at {self._path(key)}") from None
+
+    def _write(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(path, data)
+
+    def _upload(self, path: Path, key: str) -> None:
+        dst = self._path(key)
+        if path.resolve() == dst:  # committing a folder written in place (e.g. a checkpoint)
+            return
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dst.parent / f".{dst.name}.tmp-{uuid.uuid4().hex[:8]}"
+        shutil.copyfile(path, tmp)
+        os.replace(tmp, dst)
+
+    def _download(self, key: str, path: Path) -> None:
+        shutil.copyfile(self._path(key), path)
+
+    def _sizes(self, prefix: str) -> dict[str, int]:
+        base = self._path(prefix)
+        if not base.is_dir():
+            return {}
+        return {p.relative_to(base).as_posix(): p.stat().st_size for p in base.rglob("*") if p.is_file()}
+
+    def _sha(self, key: str) -> str:
+        return sha256_file(self._path(key))
+
+    def _remove(self, keys: list[str]) -> None:
+        for key in keys:
+            self._path(key).unlink(missing_ok=True)
+
+    def delete(self, where: Locator) -> None:
+        super().delete(where)
+        path = self._path(self._key(where))
+        if path.is_dir() and path != self.root:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+class S3Store(Store):
+    """``s3://bucket/prefix`` through boto3 (multipart above ``S3Options.multipart_threshold``)."""
+
+    def __init__(self, root: str, endpoint_url: str | None = None, options: S3Options | None = None) -> None:
+        import boto3
+        from boto3.s3.transfer import TransferConfig
+        from botocore.config import Config
+
+        bucket, _, prefix = root.removeprefix("s3://").partition("/")
+        if not bucket:
+            raise StoreError(f"no bucket in {root!r}; expected s3://bucket/prefix")
+        self.bucket, self.prefix, o = bucket, prefix.strip("/"), options or S3Options()
+        self.options, self._endpoint_arg = o, endpoint_url
+        self.root_uri = f"s3://{bucket}/{self.prefix}".rstrip("/")
+        config = Config(
+            connect_timeout=o.connect_timeout,
+            read_timeout=o.read_timeout,
+            retries={"max_attempts": o.max_attempts, "mode": o.retry_mode},
+            request_checksum_calculation=o.checksum,
+            response_checksum_validation=o.checksum,
+            s3={"addressing_style": o.addressing_style},
+        )
+        session = boto3.session.Session()
+        region = o.region or session.region_name or "us-east-1"
+        self._client = session.client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
+        self.endpoint = self._client.meta.endpoint_url
+        self._transfer = TransferConfig(
+            multipart_threshold=o.multipart_threshold,
+            multipart_chunksize=o.multipart_chunksize,
+            max_concurrency=o.max_concurrency,
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickles as (root, endpoint, options): the boto3 client and its credentials stay behind."""
+        return (S3Store, (self.root_uri, self._endpoint_arg, self.options))
+
+    def __repr__(self) -> str:
+        return f"S3Store({self.root_uri!r}, endpoint={self.endpoint!r})"
+
+    @contextmanager
+    def _errors(self, doing: str) -> Iterator[None]:
+        """Turn botocore failures into store errors that name the endpoint and the object."""
+        from boto3.exceptions import Boto3Error
+        from botocore.exceptions import ClientError, HTTPClientError, NoCredentialsError
+        from botocore.exceptions import ConnectionError as BotoConnectionError
+
+        try:
+            yield
+        except (BotoConnectionError, HTTPClientError) as e:
+            raise StoreUnreachable(f"S3 endpoint {self.endpoint} unreachable while {doing}: {e}") from e
+        except NoCredentialsError as e:
+            raise StoreError(f"no AWS credentials in the environment/boto3 chain for {self.endpoint}") from e
+        except ClientError as e:
+            code = e.response.get("Error", {}).get("Code", "")
+            if code in ("404", "NoSuchKey", "NotFound"):
+                raise MissingArtifact(f"nothing at s3://{self.bucket} while {doing}") from e
+            raise StoreError(f"S3 error {code} at {self.endpoint} while {doing}: {e}") from e
+        except Boto3Error as e:
+            raise StoreError(f"S3 transfer failed at {self.endpoint} while {doing}: {e}") from e
+
+    def _obj(self, key: str) -> str:
+        return _join(self.prefix, key)
+
+    def check(self) -> None:
+        probe = self._obj(".check")
+        try:
+            with self._errors(f"checking bucket {self.bucket!r} is reachable and writable"):
+                self._client.head_bucket(Bucket=self.bucket)
+                self._client.put_object(Bucket=self.bucket, Key=probe, Body=b"ok")
+                self._client.delete_object(Bucket=self.bucket, Key=probe)
+        except MissingArtifact:
+            raise StoreError(f"bucket {self.bucket!r} does not exist at {self.endpoint}") from None
+
+    def _read(self, key: str) -> bytes:
+        with self._errors(f"reading {self.resolve(key)}"):
+            return self._client.get_object(Bucket=self.bucket, Key=self._obj(key))["Body"].read()
+
+    def _write(self, key: str, data: bytes) -> None:
+        with self._errors(f"writing {self.resolve(key)}"):
+            self._client.put_object(Bucket=self.bucket, Key=self._obj(key), Body=data)
+
+    def _upload(self, path: Path, key: str) -> None:
+        with self._errors(f"uploading {path} to {self.resolve(key)}"):
+            self._client.upload_file(str(path), self.bucket, self._obj(key), Config=self._transfer)
+
+    def _download(self, key: str, path: Path) -> None:
+        with self._errors(f"downloading {self.resolve(key)}"):
+            self._client.download_file(self.bucket, self._obj(key), str(path), Config=self._transfer)
+
+    def _sizes(self, prefix: str) -> dict[str, int]:
+        base = self._obj(prefix)
+        start = f"{base}/" if base else ""
+        out: dict[str, int] = {}
+        with self._errors(f"listing {self.resolve(prefix)}"):
+            pages = self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=start)
+            for page in pages:
+                out.update({o["Key"][len(start) :]: o["Size"] for o in page.get("Contents", [])})
+        return out
+
+    def _sha(self, key: str) -> str:
+        h = hashlib.sha256()
+        with self._errors(f"hashing {self.resolve(key)}"):
+            body = self._client.get_object(Bucket=self.bucket, Key=self._obj(key))["Body"]
+            for chunk in body.iter_chunks(_CHUNK):
+                h.update(chunk)
+        return h.hexdigest()
+
+    def _remove(self, keys: list[str]) -> None:
+        for i in range(0, len(keys), 1000):
+            batch = [{"Key": self._obj(k)} for k in keys[i : i + 1000]]
+            with self._errors(f"deleting under {self.root_uri}"):
+                self._client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+
+
+def open_store(
+    root: str | Path, *, s3_endpoint_url: str | None = None, s3_options: S3Options | None = None
+) -> Store:
+    """``s3://bucket/prefix`` -> S3Store; ``file://…`` or a plain path -> LocalStore."""
+    root = str(root)
+    if root.startswith("s3://"):
+        return S3Store(root, endpoint_url=s3_endpoint_url, options=s3_options)
+    if root.startswith("file://"):
+        from urllib.parse import unquote, urlparse
+
+        return LocalStore(unquote(urlparse(root).path))
+    if "://" in root:
+        raise StoreError(f"unsupported store root {root!r}: use a path, file://… or s3://bucket/prefix")
+    return LocalStore(root)
