@@ -43,3 +43,26 @@ class ListTracker(NullTracker):
 
     def series(self, key: str) -> list[float]:
         return [m[key] for _, m in self.history if key in m]
+
+
+class EventTracker(NullTracker):
+    """Reports metrics and progress as structured events on stdout (see ``r1flow.events``)."""
+
+    def __init__(self, inner: Tracker | None = None) -> None:
+        self.inner = inner or NullTracker()
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        from r1flow.events import emit
+
+        clean = {k: float(v) for k, v in metrics.items()}
+        emit("metrics", step=step, values=clean)
+        self.inner.log_metrics(clean, step)
+
+    def progress(self, step: int, total: int, **info: Any) -> None:
+        from r1flow.events import emit
+
+        emit("progress", step=step, total=total, info=info)
+        self.inner.progress(step, total, **info)
+
+    def log_table(self, rows: list[dict[str, Any]], name: str) -> None:
+        self.inner.log_table(rows, name)

@@ -1,0 +1,32 @@
+# r1flow — the two commands first: `make run` (tiny pipeline end to end) and `make test`.
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PRESET ?= tiny
+NAME   ?= $(PRESET)
+export HF_HUB_OFFLINE := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
+
+.PHONY: run test test-slow install lint clean
+
+$(BIN)/r1flow: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	touch $@
+
+install: $(BIN)/r1flow
+
+run: install  ## create the venv, install, run the tiny pipeline end to end
+	$(BIN)/r1flow run --preset $(PRESET) --name $(NAME)
+	$(BIN)/r1flow report $(NAME)
+
+test: install  ## install and run the default test suite (what CI runs)
+	$(BIN)/python -m pytest -q
+
+test-slow: install  ## slow end-to-end checks (the tiny preset's learning targets)
+	$(BIN)/python -m pytest -q -m slow
+
+clean:
+	rm -rf .r1flow

@@ -1,0 +1,149 @@
+"""The ``r1flow`` command: run the pipeline, one stage or the R1-Zero branch; show status/report.
+
+Embedded defaults: Prefect's ephemeral API (unless ``PREFECT_API_URL`` is set), MLflow on sqlite
+under ``$R1FLOW_HOME`` (unless ``MLFLOW_TRACKING_URI`` is set), the store in a local folder.
+Prefect is imported only after the environment is set, so its settings take effect.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from typing import Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
+
+Preset = typer.Option("tiny", "--preset", "-p", help="configs/<preset>.yaml")
+ConfigFile = typer.Option(None, "--config", "-c", help="YAML file overriding the preset")
+Sets = typer.Option(None, "--set", "-s", help="stage.key=value (repeatable)")
+Name = typer.Option("r1", "--name", "-n", help="pipeline run name (MLflow tag; reuse to compare)")
+
+
+def _setup_env() -> None:
+    from r1flow.runtime import default_home
+
+    home = default_home()
+    home.mkdir(parents=True, exist_ok=True)
+    defaults = {
+        "PREFECT_HOME": str(home / "prefect"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+        "PREFECT_LOGGING_LOG_PRINTS": "true",
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    for k, v in defaults.items():
+        os.environ.setdefault(k, v)
+    signal.signal(signal.SIGTERM, _terminate)
+
+
+def _terminate(signum, frame):  # stop stage process groups, then exit
+    from r1flow.launcher import kill_all
+
+    kill_all()
+    raise SystemExit(128 + signum)
+
+
+def _load(preset: str | None, config: Optional[str], sets: Optional[list[str]]):
+    from r1flow.config import ConfigError, load_config
+    from r1flow.preflight import preflight
+    from r1flow.runtime import Runtime
+
+    try:
+        cfg = load_config(preset, config, sets or [])
+        preflight(cfg, Runtime(store_root=cfg.store.root).store_root)
+    except ConfigError as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(2)
+    return cfg
+
+
+def _run_flow(flow_fn, **kwargs) -> None:
+    state = flow_fn(**kwargs, return_state=True)
+    flow_run_id = state.state_details.flow_run_id
+    if not state.is_completed():
+        typer.secho(f"pipeline failed: {state.message}", fg="red", err=True)
+        typer.echo(f"Prefect flow run: {flow_run_id}")
+        raise typer.Exit(1)
+    summary = state.result()
+    typer.echo(f"MLflow parent run: {summary['mlflow_parent_run']} "
+               f"(experiment {summary['experiment_id']}, tracking {summary['tracking_uri']})")
+    typer.echo(f"Prefect flow run:  {flow_run_id}")
+    for stage, uri in summary["artifacts"].items():
+        typer.echo(f"  {stage:<20} {uri}")
+
+
+@app.command()
+def run(preset: str = Preset, config: Optional[str] = ConfigFile, set_: Optional[list[str]] = Sets,
+        name: str = Name, refresh: Optional[list[str]] = typer.Option(None, "--refresh",
+                                                                      help="force a stage to re-run")):
+    """Run the full pipeline."""
+    _setup_env()
+    cfg = _load(preset, config, set_)
+    from flows.pipeline import pipeline
+
+    _run_flow(pipeline, config=cfg.model_dump(mode="json"), name=name, refresh=refresh or [])
+
+
+@app.command("r1-zero")
+def r1_zero(preset: str = Preset, config: Optional[str] = ConfigFile, set_: Optional[list[str]] = Sets,
+            name: str = typer.Option("r1-zero", "--name", "-n")):
+    """Run the R1-Zero branch: RL straight from the base model."""
+    _setup_env()
+    cfg = _load(preset, config, set_)
+    from flows.pipeline import r1_zero as flow_fn
+
+    _run_flow(flow_fn, config=cfg.model_dump(mode="json"), name=name)
+
+
+@app.command()
+def stage(stage_name: str = typer.Argument(..., metavar="STAGE"), preset: str = Preset,
+          config: Optional[str] = ConfigFile, set_: Optional[list[str]] = Sets, name: str = Name,
+          input_: Optional[list[str]] = typer.Option(None, "--input", "-i",
+                                                     help="name=URI; default: the inputs of run NAME"),
+          refresh: bool = typer.Option(False, "--refresh", help="ignore the cache")):
+    """Run one stage flow, on explicit inputs or on those of the latest run NAME."""
+    _setup_env()
+    cfg = _load(preset, config, set_)
+    from flows.pipeline import stage as flow_fn
+    from flows.status import inputs_of
+
+    inputs = dict(i.split("=", 1) for i in input_ or [])
+    try:
+        inputs = {**inputs_of(stage_name, name, cfg), **inputs}
+    except LookupError as exc:
+        if not input_:
+            typer.secho(str(exc), fg="red", err=True)
+            raise typer.Exit(2)
+    _run_flow(flow_fn, stage=stage_name, config=cfg.model_dump(mode="json"), inputs=inputs,
+              name=name, refresh=refresh)
+
+
+@app.command()
+def status(name: Optional[str] = typer.Argument(None, help="pipeline run name (default: latest)")):
+    """Each stage of a pipeline run: done / cached / failed / running, artifact URI, MLflow run."""
+    _setup_env()
+    from flows.status import status_table
+
+    typer.echo(status_table(name))
+
+
+@app.command()
+def report(name: Optional[str] = typer.Argument(None),
+           fmt: str = typer.Option("markdown", "--format", help="markdown | csv")):
+    """What a run produced: per-stage metrics, evaluation and wall time, from MLflow."""
+    _setup_env()
+    from flows.status import report_table
+
+    typer.echo(report_table(name, fmt))
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,47 @@
+"""The DeepSeek-R1 recipe (arXiv 2501.12948, Figure 2 / §2.3) as one Prefect flow.
+
+Each ``run.stage`` is a cached task that runs the stage as its own process and returns a
+reference to what it published; evaluation happens inside every model-producing stage.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from flows.run import PipelineRun
+from r1flow.config import validate
+
+
+@flow(name="r1-pipeline")
+def pipeline(config: dict[str, Any], name: str = "r1", refresh: list[str] | None = None) -> dict:
+    with PipelineRun(validate(config), name, refresh) as run:
+        base = run.stage("base")                                       # tiny presets: pretrain bases
+        zero = run.stage("r1_zero", policy=base)                       # §2.2   R1-Zero: RL on the base
+        cold = run.stage("cold_start", base=base, zero=zero)           # §2.3.1 curate long CoT, SFT base
+        reasoner = run.stage("reasoning_rl", policy=cold)              # §2.3.2 reasoning-oriented RL
+        data = run.stage("rejection_sampling", policy=reasoner)        # §2.3.3 rejection sampling + SFT data
+        sft = run.stage("sft", base=base, data=data)                   # §2.3.3 SFT of the base, 2 epochs
+        judge = run.stage("reward_model", base=base)                   # §2.3.4 reward model (helpfulness)
+        run.stage("final_rl", policy=sft, reward_model=judge)          # §2.3.4 RL for all scenarios
+        run.stage("distill", base=base, data=data)                     # §2.4   distill the students
+    return run.summary()
+
+
+@flow(name="r1-zero")
+def r1_zero(config: dict[str, Any], name: str = "r1-zero", refresh: list[str] | None = None) -> dict:
+    with PipelineRun(validate(config), name, refresh) as run:
+        base = run.stage("base")
+        run.stage("r1_zero", policy=base)                              # §2.2 RL from the base alone
+    return run.summary()
+
+
+@flow(name="r1-stage")
+def stage(stage: str, config: dict[str, Any], inputs: dict[str, str], name: str = "r1-stage",
+          refresh: bool = False) -> dict:
+    """Run one stage on explicit inputs (artifact URIs), e.g. to re-run it on a GPU pool."""
+    with PipelineRun(validate(config), name, [stage] if refresh else None) as run:
+        store = run.runtime.store()
+        run.stage(stage, **{k: store.ref(uri) for k, uri in inputs.items()})
+    return run.summary()

@@ -1,0 +1,94 @@
+"""``r1flow status`` and ``r1flow report``: read a pipeline run back from MLflow.
+
+The parent run carries one tag group per stage (``r1flow.stage.<stage>.state|uri|run|seconds``,
+written by ``flows.run.PipelineRun``); the report adds each stage's final metrics and its
+held-out evaluation from the stage's own MLflow run (the run that produced the artifact, which
+for a cached stage is an earlier pipeline run's).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from typing import Any
+
+from r1flow import mlflow_runs
+from r1flow.config import STAGES, PipelineConfig
+from r1flow.runtime import Runtime
+
+KEY_METRICS = ("loss", "reward/mean", "kl_k3", "clip_fraction", "response_length/mean", "accuracy",
+               "eval/arith_heldout/pass@1", "eval/arith_heldout/pass@1_lenient",
+               "eval/arith_heldout/cons@k", "eval/arith_heldout/format")
+
+
+def _latest(name: str | None):
+    uri = Runtime().tracking_uri
+    runs = mlflow_runs.find_pipeline_runs(uri, name)
+    if not runs:
+        raise LookupError(f"no pipeline run named {name!r}" if name else "no pipeline runs yet")
+    return uri, runs[0]
+
+
+def stage_rows(name: str | None) -> tuple[Any, list[dict[str, str]]]:
+    _, run = _latest(name)
+    tags = run.data.tags
+    rows = []
+    for stage in STAGES:
+        prefix = f"r1flow.stage.{stage}."
+        if prefix + "state" in tags:
+            rows.append({"stage": stage, "state": tags[prefix + "state"], "uri": tags.get(prefix + "uri", ""),
+                         "mlflow_run": tags.get(prefix + "run", ""), "seconds": tags.get(prefix + "seconds", ""),
+                         "inputs": tags.get(prefix + "inputs", "{}")})
+    return run, rows
+
+
+def status_table(name: str | None) -> str:
+    try:
+        run, rows = stage_rows(name)
+    except LookupError as exc:
+        return str(exc)
+    head = (f"pipeline {run.data.tags.get(mlflow_runs.TAG_NAME)}  MLflow run {run.info.run_id}  "
+            f"({run.info.status})")
+    lines = [head, f"{'stage':<20} {'state':<8} {'mlflow run':<34} artifact"]
+    lines += [f"{r['stage']:<20} {r['state']:<8} {r['mlflow_run']:<34} {r['uri']}" for r in rows]
+    return "\n".join(lines)
+
+
+def report_rows(name: str | None) -> list[dict[str, str]]:
+    uri = Runtime().tracking_uri
+    _, rows = stage_rows(name)
+    client = mlflow_runs.client(uri)
+    out = []
+    for row in rows:
+        metrics = client.get_run(row["mlflow_run"]).data.metrics if row["mlflow_run"] else {}
+        shown = {k: f"{metrics[k]:.3f}" for k in KEY_METRICS if k in metrics}
+        out.append({"stage": row["stage"], "state": row["state"], "seconds": row["seconds"], **shown})
+    return out
+
+
+def report_table(name: str | None, fmt: str = "markdown") -> str:
+    try:
+        rows = report_rows(name)
+    except LookupError as exc:
+        return str(exc)
+    columns = ["stage", "state", "seconds"] + [k for k in KEY_METRICS if any(k in r for r in rows)]
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=columns, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+        return buf.getvalue()
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(r.get(c, "") for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def inputs_of(stage: str, name: str, config: PipelineConfig) -> dict[str, str]:
+    """The artifact URIs a stage consumed in the latest run ``name`` (for ``r1flow stage``)."""
+    config.section(stage)
+    _, rows = stage_rows(name)
+    for row in rows:
+        if row["stage"] == stage:
+            return json.loads(row["inputs"])
+    raise LookupError(f"stage {stage} did not run in pipeline {name!r}; pass --input NAME=URI")

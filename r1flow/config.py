@@ -1,0 +1,259 @@
+"""One typed config per stage; defaults live here, YAML presets only override.
+
+``load_config(preset, file, sets)`` layers: code defaults < ``configs/<preset>.yaml`` < ``file``
+< ``--set stage.key=value``. Every value is validated before any work starts; an invalid one
+fails naming its dotted field (``reasoning_rl.grpo.lr: Input should be greater than 0``).
+Each stage section lists in ``cache_exclude`` the fields that do not change its outputs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from r1flow.data.curate import CurationParams, RejectionParams
+from r1flow.grpo.params import GRPOParams
+from r1flow.modeling import ModelArch
+from r1flow.train.pretrain import PretrainParams
+from r1flow.train.reward_model import RewardModelParams
+from r1flow.train.sft import SFTParams
+
+CONFIG_DIRS = [Path(__file__).resolve().parent.parent / "configs", Path.cwd() / "configs"]
+RULE_REWARDS = ("accuracy", "format", "language")
+STAGES = ("base", "r1_zero", "cold_start", "reasoning_rl", "rejection_sampling", "sft",
+          "reward_model", "final_rl", "distill")
+
+
+class ConfigError(ValueError):
+    """An invalid config value or file, reported before any work starts."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    cache_exclude: ClassVar[set[str]] = set()
+
+
+class ModelSource(Section):
+    """A model to start from: ``build`` (pretrain a tiny one) or a hub id / path."""
+
+    source: str = Field("build", description="'build', a local path, or a hub id")
+    revision: str | None = Field(None, description="pinned hub revision (commit hash)")
+    trust_remote_code: bool = Field(False, description="run the model repo's code (off unless set)")
+
+
+class BaseConfig(Section):
+    """Stage 0 (CPU presets): pretrain a teacher and a smaller student base on the synthetic task."""
+
+    teacher: ModelSource = Field(default_factory=ModelSource)
+    student: ModelSource = Field(default_factory=ModelSource)
+    teacher_arch: ModelArch = Field(default_factory=ModelArch)
+    student_arch: ModelArch = Field(default_factory=lambda: ModelArch(
+        hidden_size=64, num_layers=3, num_heads=4, num_kv_heads=2, intermediate_size=192))
+    corpus: PretrainParams = Field(default_factory=PretrainParams)
+    teacher_train: SFTParams = Field(default_factory=lambda: SFTParams(max_steps=700, batch_size=64,
+                                                                        lr=3e-3, completion_only_loss=False))
+    student_train: SFTParams = Field(default_factory=lambda: SFTParams(max_steps=400, batch_size=64,
+                                                                        lr=3e-3, completion_only_loss=False))
+
+
+class RewardSpec(Section):
+    name: str = Field(description="accuracy | format | language | reward_model")
+    weight: float = Field(1.0, description="weight in the summed reward")
+    params: dict[str, Any] = Field(default_factory=dict, description="factory parameters")
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        if name not in RULE_REWARDS + ("reward_model",):
+            raise ValueError(f"unknown reward {name!r}; known: {', '.join(RULE_REWARDS + ('reward_model',))}")
+        return name
+
+
+class PromptSource(Section):
+    """A prompt set for RL, each with its own reward functions (paper §2.3.4)."""
+
+    source: str = Field("arith", description="'arith', 'nonreasoning' or a JSONL file (question, answer)")
+    num_prompts: int = Field(2000, gt=0, description="prompts drawn from the source")
+    weight: float = Field(1.0, gt=0, description="share of each rollout batch")
+    rewards: list[RewardSpec] = Field(default_factory=lambda: [RewardSpec(name="accuracy"),
+                                                               RewardSpec(name="format", weight=0.1)])
+
+
+class RLConfig(Section):
+    """A GRPO stage: R1-Zero, reasoning RL (§2.3.2) or all-scenario RL (§2.3.4)."""
+
+    cache_exclude: ClassVar[set[str]] = {"eval_every"}
+    template: Literal["r1_zero", "r1"] = Field("r1", description="prompt template")
+    prompts: list[PromptSource] = Field(default_factory=lambda: [PromptSource()])
+    grpo: GRPOParams = Field(default_factory=GRPOParams)
+    engine: Literal["hf", "vllm"] = Field("hf", description="rollout generation engine")
+    eval_every: int = Field(0, ge=0, description="steps between held-out evaluations (0: end only)")
+    num_processes: int = Field(1, ge=1, description="ranks (accelerate launch when > 1)")
+
+
+class ColdStartConfig(Section):
+    """Stage 1 (§2.3.1): curate long-CoT examples, then SFT the base on them."""
+
+    sources: list[str] = Field(default_factory=lambda: ["r1_zero"],
+                               description="'r1_zero' (sample the R1-Zero model) or JSONL files")
+    num_prompts: int = Field(500, gt=0, description="prompts sampled from the R1-Zero model")
+    samples_per_prompt: int = Field(4, gt=0, description="samples per prompt from the R1-Zero model")
+    temperature: float = Field(0.8, gt=0, description="sampling temperature for those samples")
+    max_new_tokens: int = Field(64, gt=0, description="completion length limit")
+    curation: CurationParams = Field(default_factory=CurationParams)
+    train: SFTParams = Field(default_factory=lambda: SFTParams(epochs=2, lr=5e-4))
+
+
+class RejectionConfig(Section):
+    """Stage 3 (§2.3.3): k samples per prompt from the RL checkpoint, keep correct and clean."""
+
+    num_prompts: int = Field(500, gt=0, description="reasoning prompts")
+    samples_per_prompt: int = Field(4, gt=0, description="k samples per prompt")
+    temperature: float = Field(0.8, gt=0, description="sampling temperature")
+    top_p: float = Field(0.95, gt=0, le=1, description="nucleus sampling")
+    max_new_tokens: int = Field(64, gt=0, description="completion length limit")
+    filters: RejectionParams = Field(default_factory=RejectionParams)
+    non_reasoning_fraction: float = Field(0.2, ge=0, lt=1, description="share of non-reasoning rows")
+
+
+class SFTConfig(Section):
+    """Stage 4 (SFT of the base, paper: 2 epochs) and stage 6 (distillation of a student)."""
+
+    model: Literal["teacher", "student"] = Field("teacher", description="which base to train")
+    train: SFTParams = Field(default_factory=lambda: SFTParams(epochs=2, lr=5e-4))
+
+
+class RewardModelConfig(Section):
+    """A Bradley–Terry reward model for non-reasoning prompts (§2.3.4), trained on synthetic pairs."""
+
+    arch: ModelArch = Field(default_factory=lambda: ModelArch(
+        hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128))
+    train_pairs: int = Field(2000, gt=0, description="preference pairs to train on")
+    eval_pairs: int = Field(400, gt=0, description="held-out pairs for accuracy")
+    train: RewardModelParams = Field(default_factory=RewardModelParams)
+    min_accuracy: float = Field(0.8, ge=0, le=1, description="fail the stage below this held-out accuracy")
+
+
+class EvalConfig(Section):
+    """Paper §3: pass@1 averaged over k samples (T=0.6, top-p 0.95) and cons@k."""
+
+    benchmarks: list[str] = Field(default_factory=lambda: ["arith_heldout"],
+                                  description="'arith_heldout', 'gsm8k=PATH', 'math500=PATH'")
+    k: int = Field(4, gt=0, description="samples per problem")
+    temperature: float = Field(0.6, ge=0, description="sampling temperature")
+    top_p: float = Field(0.95, gt=0, le=1, description="nucleus sampling")
+    max_new_tokens: int = Field(64, gt=0, description="completion length limit")
+    max_problems: int | None = Field(None, gt=0, description="evaluate on the first N problems only")
+    batch_size: int = Field(128, gt=0, description="rows per generate call")
+
+
+class StoreConfig(Section):
+    root: str = Field("", description="'' = $R1FLOW_HOME/store; a path, or s3://bucket/prefix")
+    s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, moto)")
+
+
+class TrackingConfig(Section):
+    experiment: str = Field("r1flow", description="MLflow experiment name")
+
+
+class PipelineConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    preset: str | None = Field(None, description="the preset this config started from")
+    seed: int = Field(0, description="global seed")
+    threads: int = Field(2, gt=0, description="torch threads per stage process")
+    device: Literal["cpu", "cuda", "auto"] = Field("cpu", description="where stages run")
+    dtype: Literal["float32", "bfloat16"] = Field("float32", description="training dtype")
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    evaluate: EvalConfig = Field(default_factory=EvalConfig)
+    base: BaseConfig = Field(default_factory=BaseConfig)
+    r1_zero: RLConfig = Field(default_factory=lambda: RLConfig(template="r1_zero"))
+    cold_start: ColdStartConfig = Field(default_factory=ColdStartConfig)
+    reasoning_rl: RLConfig = Field(default_factory=lambda: RLConfig(prompts=[PromptSource(rewards=[
+        RewardSpec(name="accuracy"), RewardSpec(name="format", weight=0.1),
+        RewardSpec(name="language", weight=0.1)])]))
+    rejection_sampling: RejectionConfig = Field(default_factory=RejectionConfig)
+    sft: SFTConfig = Field(default_factory=SFTConfig)
+    reward_model: RewardModelConfig = Field(default_factory=RewardModelConfig)
+    final_rl: RLConfig = Field(default_factory=lambda: RLConfig(prompts=[
+        PromptSource(num_prompts=1000),
+        PromptSource(source="nonreasoning", num_prompts=300, weight=0.5,
+                     rewards=[RewardSpec(name="reward_model")])]))
+    distill: SFTConfig = Field(default_factory=lambda: SFTConfig(model="student"))
+
+    def section(self, stage: str) -> Section:
+        if stage not in STAGES:
+            raise ConfigError(f"unknown stage {stage!r}; known: {', '.join(STAGES)}")
+        return getattr(self, stage)
+
+    @staticmethod
+    def stage_names() -> tuple[str, ...]:
+        return STAGES
+
+    def shared(self) -> dict[str, Any]:
+        """Settings every stage sees that change outputs (part of every cache key)."""
+        return {"seed": self.seed, "threads": self.threads, "device": self.device, "dtype": self.dtype,
+                "evaluate": self.evaluate.model_dump(mode="json")}
+
+
+def presets() -> list[str]:
+    return sorted({p.stem for d in CONFIG_DIRS if d.is_dir() for p in d.glob("*.yaml")})
+
+
+def _preset_file(name: str) -> Path:
+    for d in CONFIG_DIRS:
+        if (d / f"{name}.yaml").is_file():
+            return d / f"{name}.yaml"
+    raise ConfigError(f"unknown preset {name!r}; available: {', '.join(presets()) or 'none'}")
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping, not {type(data).__name__}")
+    return data
+
+
+def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Deep merge: mappings merge key by key, anything else replaces."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def apply_set(data: dict[str, Any], assignment: str) -> dict[str, Any]:
+    """``a.b.c=value`` (value parsed as YAML) into a nested override."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set expects stage.key=value, got {assignment!r}")
+    dotted, raw = assignment.split("=", 1)
+    value: Any = yaml.safe_load(raw) if raw else ""
+    for part in reversed(dotted.strip().split(".")):
+        value = {part: value}
+    return merge(data, value)
+
+
+def load_config(preset: str | None = "tiny", file: str | Path | None = None,
+                sets: list[str] | None = None) -> PipelineConfig:
+    data: dict[str, Any] = {}
+    if preset:
+        data = merge(_read_yaml(_preset_file(preset)), {"preset": preset})
+    if file:
+        data = merge(data, _read_yaml(Path(file)))
+    for assignment in sets or []:
+        data = apply_set(data, assignment)
+    return validate(data)
+
+
+def validate(data: dict[str, Any]) -> PipelineConfig:
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as exc:
+        lines = [f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()]
+        raise ConfigError("invalid config:\n  " + "\n  ".join(lines)) from None

@@ -1,0 +1,106 @@
+"""Run a stage as its own OS process (DESIGN "A stage is a process").
+
+The process gets its own process group, so cancelling the run (or SIGTERM/SIGINT to the
+orchestrator) stops the stage and everything it spawned, leaving no orphan. Its stdout is read
+line by line: structured events (``r1flow.events``) go to ``on_event``, other lines to
+``on_line``. Exit code 2 means a config or input error (never retried); any other non-zero code
+is a crash (retried with resume by the orchestrator).
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable
+
+from r1flow.events import parse
+
+EXIT_INPUT_ERROR = 2
+_LIVE: set[subprocess.Popen] = set()
+
+
+class StageInputError(RuntimeError):
+    """The stage refused its config or inputs; retrying cannot help."""
+
+
+class StageCrashed(RuntimeError):
+    """The stage process died (crash, kill, lost node); a retry resumes it."""
+
+
+def stage_command(spec_path: Path, num_processes: int = 1) -> list[str]:
+    """The command line that runs one stage: plain python, or accelerate for several ranks."""
+    if num_processes > 1:
+        return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+                "--num_processes", str(num_processes), "-m", "r1flow.stages", str(spec_path)]
+    return [sys.executable, "-m", "r1flow.stages", str(spec_path)]
+
+
+def run_process(cmd: list[str], *, env: dict[str, str] | None = None,
+                on_event: Callable[[dict], None] = lambda e: None,
+                on_line: Callable[[str], None] = lambda s: None,
+                cwd: str | None = None) -> int:
+    """Run ``cmd`` in a new process group, streaming its output; returns the exit code."""
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+        env={**os.environ, **(env or {})}, cwd=cwd, start_new_session=True,
+    )
+    _LIVE.add(proc)
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.rstrip("\n")
+            event = parse(line)
+            if event is not None:
+                on_event(event)
+            elif line.strip():
+                on_line(line)
+        return proc.wait()
+    finally:
+        kill_group(proc)
+        _LIVE.discard(proc)
+
+
+def kill_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """SIGTERM the process group, then SIGKILL what is left after ``grace_s``."""
+    pgid = proc.pid  # started with start_new_session: the group id is the leader's pid
+    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            continue
+        if not _group_alive(pgid):
+            break
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def kill_all() -> None:
+    for proc in list(_LIVE):
+        kill_group(proc, grace_s=5.0)
+
+
+def check_exit(code: int, stage: str, last_error: str | None) -> None:
+    """Raise the error class that tells the orchestrator whether a retry can help."""
+    if code == 0:
+        return
+    detail = f": {last_error}" if last_error else ""
+    if code == EXIT_INPUT_ERROR:
+        raise StageInputError(f"stage {stage} refused its config or inputs{detail}")
+    raise StageCrashed(f"stage {stage} crashed (exit code {code}){detail}")
+
+
+atexit.register(kill_all)

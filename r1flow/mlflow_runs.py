@@ -1,0 +1,138 @@
+"""MLflow layout: one parent run per pipeline run, one nested run per stage (DESIGN "MLflow layout").
+
+Everything goes through ``MlflowClient`` with explicit run ids: MLflow's active-run stack is
+thread-local, and Prefect runs tasks in worker threads, so fluent ``mlflow.start_run`` is avoided.
+Only rank 0 of a stage logs. Params are the stage's resolved config, flattened; values that look
+like secrets are never logged (``redact``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from r1flow.tracking import NullTracker
+
+EXPERIMENT = "r1flow"
+TAG_NAME = "r1flow.pipeline"
+TAG_STAGE = "r1flow.stage"
+_SECRET = re.compile(r"(secret|password|token|credential|access_key|api_key)", re.I)
+
+
+def default_tracking_uri(home: Path) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}"
+
+
+def client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def experiment_id(uri: str, name: str, artifact_root: Path | None) -> str:
+    """Get or create the experiment; on sqlite its artifacts go under the state folder, not ./mlruns."""
+    c = client(uri)
+    exp = c.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = artifact_root.resolve().as_uri() if artifact_root and uri.startswith("sqlite") else None
+    try:
+        return c.create_experiment(name, artifact_location=location)
+    except Exception:  # created concurrently by another process
+        exp = c.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, str]:
+    """Nested dict -> {"a.b": "value"}, secrets dropped."""
+    out: dict[str, str] = {}
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            key = f"{prefix}.{k}" if prefix else str(k)
+            if _SECRET.search(str(k)):
+                continue
+            out.update(flatten(v, key))
+    else:
+        out[prefix] = str(obj)[:6000]
+    return out
+
+
+def start_run(uri: str, exp_id: str, name: str, *, parent: str | None = None,
+              tags: dict[str, str] | None = None) -> str:
+    c = client(uri)
+    all_tags = {k: str(v) for k, v in (tags or {}).items()}
+    if parent:
+        all_tags["mlflow.parentRunId"] = parent
+    return c.create_run(exp_id, run_name=name, tags=all_tags).info.run_id
+
+
+def log_params(uri: str, run_id: str, params: dict[str, str]) -> None:
+    from mlflow.entities import Param
+
+    items = [Param(k[:250], v) for k, v in params.items()]
+    c = client(uri)
+    for i in range(0, len(items), 100):
+        c.log_batch(run_id, params=items[i:i + 100])
+
+
+def set_tags(uri: str, run_id: str, tags: dict[str, Any]) -> None:
+    from mlflow.entities import RunTag
+
+    c = client(uri)
+    c.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+def end_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
+    client(uri).set_terminated(run_id, status=status)
+
+
+def find_pipeline_runs(uri: str, name: str | None = None, experiment: str = EXPERIMENT) -> list:
+    """Parent runs, newest first; optionally only those of pipeline ``name``."""
+    c = client(uri)
+    exp = c.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    query = f"tags.`{TAG_NAME}` = '{name}'" if name else f"tags.`{TAG_NAME}` != ''"
+    return list(c.search_runs([exp.experiment_id], filter_string=query, order_by=["start_time DESC"]))
+
+
+def child_runs(uri: str, parent_run) -> list:
+    c = client(uri)
+    return list(c.search_runs([parent_run.info.experiment_id],
+                              filter_string=f"tags.`mlflow.parentRunId` = '{parent_run.info.run_id}'",
+                              order_by=["start_time ASC"]))
+
+
+class MLflowTracker(NullTracker):
+    """Logs stepped metrics and tables to one MLflow run (use on rank 0 only)."""
+
+    def __init__(self, uri: str, run_id: str) -> None:
+        self.client = client(uri)
+        self.run_id = run_id
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if _finite(v)]
+        if batch:
+            self.client.log_batch(self.run_id, metrics=batch)
+
+    def log_table(self, rows: list[dict[str, Any]], name: str) -> None:
+        if rows:
+            columns = {k: [str(r.get(k, "")) for r in rows] for k in rows[0]}
+            self.client.log_table(self.run_id, data=columns, artifact_file=f"tables/{name}.json")
+
+
+def _finite(v: Any) -> bool:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return False
+    return f == f and f not in (float("inf"), float("-inf"))
+

@@ -1,0 +1,46 @@
+"""Checks that run before any expensive work: every named input exists and parses, the store
+is reachable. Each failure names the input (DEVELOPERS "Bad input")."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from r1flow.config import ConfigError, PipelineConfig
+from r1flow.data.benchmarks import load_benchmark
+from r1flow.data.io import read_jsonl
+from r1flow.store import StoreError, open_store
+
+BUILTIN_SOURCES = {"arith", "nonreasoning", "r1_zero"}
+
+
+def preflight(config: PipelineConfig, store_root: str) -> None:
+    for role, src in (("base.teacher", config.base.teacher), ("base.student", config.base.student)):
+        if src.source != "build" and _is_path(src.source) and not Path(src.source).expanduser().exists():
+            raise ConfigError(f"{role}.source: model path does not exist: {src.source}")
+    for stage in ("r1_zero", "reasoning_rl", "final_rl"):
+        for i, p in enumerate(config.section(stage).prompts):
+            if p.source not in BUILTIN_SOURCES:
+                _check_file(f"{stage}.prompts.{i}.source", p.source, {"question": str, "answer": str})
+    for i, src in enumerate(config.cold_start.sources):
+        if src not in BUILTIN_SOURCES:
+            _check_file(f"cold_start.sources.{i}", src, {"question": str, "answer": str, "completion": str})
+    for bench in config.evaluate.benchmarks:
+        try:
+            load_benchmark(bench)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"evaluate.benchmarks: {bench!r}: {exc}") from None
+    try:
+        open_store(store_root, s3_endpoint_url=config.store.s3_endpoint_url).check()
+    except StoreError as exc:
+        raise ConfigError(f"store.root {store_root!r}: {exc}") from None
+
+
+def _is_path(source: str) -> bool:
+    return source.startswith((".", "/", "~")) or Path(source).exists() or source.count("/") != 1
+
+
+def _check_file(field: str, path: str, required: dict) -> None:
+    try:
+        read_jsonl(path, required)
+    except ValueError as exc:
+        raise ConfigError(f"{field}: {exc}") from None

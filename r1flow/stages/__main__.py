@@ -1,0 +1,5 @@
+import sys
+
+from r1flow.stages.runner import main
+
+sys.exit(main())

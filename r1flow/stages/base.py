@@ -1,0 +1,59 @@
+"""Stage 0: the base models. CPU presets pretrain a teacher and a smaller student on the
+synthetic task (a locally trained tokenizer shared by both); real presets point at a hub id or a
+path (``source.json``, weights are not copied). Paper §2.2 starts from DeepSeek-V3-Base."""
+
+from __future__ import annotations
+
+from r1flow.config import BaseConfig
+from r1flow.stages.common import evaluate, save_policy, setup_torch
+from r1flow.stages.runner import StageContext
+
+Config = BaseConfig
+
+
+def check(ctx: StageContext) -> None:
+    from pathlib import Path
+
+    for role in ("teacher", "student"):
+        src = getattr(ctx.config, role).source
+        if src != "build" and src.startswith((".", "/", "~")) and not Path(src).expanduser().exists():
+            raise FileNotFoundError(f"base.{role}.source: model path does not exist: {src}")
+
+
+def run(ctx: StageContext) -> None:
+    from r1flow.train.pretrain import pretrain_base
+
+    cfg: BaseConfig = ctx.config
+    setup_torch(ctx)
+    tokenizer = None
+    for role, arch, train in (("teacher", cfg.teacher_arch, cfg.teacher_train),
+                              ("student", cfg.student_arch, cfg.student_train)):
+        source = getattr(cfg, role)
+        if source.source != "build":
+            (ctx.workdir / role).mkdir(parents=True)
+            ctx.write_json(f"{role}/source.json", source.model_dump())
+            continue
+        ctx.log(f"pretraining the {role} base ({train.max_steps} steps)")
+        tracker = _Prefixed(ctx.tracker, f"{role}/")
+        model, tokenizer = pretrain_base(arch, cfg.corpus, train, tokenizer=tokenizer, tracker=tracker)
+        save_policy(model, tokenizer, ctx, sub=role)
+        params = sum(p.numel() for p in model.parameters())
+        ctx.tracker.log_metrics({f"{role}/parameters": params}, 0)
+        evaluate(ctx, model, tokenizer, "r1_zero", step=train.max_steps,
+                 name="eval" if role == "teacher" else "eval_student")
+
+
+class _Prefixed:
+    """Tracker view that prefixes metric names (teacher/ and student/ share one MLflow run)."""
+
+    def __init__(self, inner, prefix: str) -> None:
+        self.inner, self.prefix = inner, prefix
+
+    def log_metrics(self, metrics, step):
+        self.inner.log_metrics({self.prefix + k: v for k, v in metrics.items()}, step)
+
+    def progress(self, step, total, **info):
+        self.inner.progress(step, total, **info)
+
+    def log_table(self, rows, name):
+        self.inner.log_table(rows, self.prefix.strip("/") + "_" + name)

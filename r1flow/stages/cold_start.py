@@ -1,0 +1,64 @@
+"""Stage 1 (paper §2.3.1): cold-start data, then SFT of the base on it.
+
+Long-CoT rows come from the configured sources — samples of the R1-Zero model (the ``tiny``
+preset, as the paper does) or JSONL files of ``{question, answer, completion}`` — and are curated
+(``r1flow.data.curate``: correct, well-formed, single-language, length-bounded, deduplicated,
+decontaminated against every evaluation set) into the readable format (reasoning, then a
+summary) under the R1 template. The base teacher is then fine-tuned on them.
+"""
+
+from __future__ import annotations
+
+from r1flow.config import ColdStartConfig
+from r1flow.stages.common import (arith_task, eval_questions, evaluate, load_policy, sample_rows,
+                                  save_policy, write_dataset)
+from r1flow.stages.runner import StageContext
+
+Config = ColdStartConfig
+
+
+def check(ctx: StageContext) -> None:
+    from r1flow.data.curate import SOURCE_FIELDS
+    from r1flow.data.io import read_jsonl
+
+    for src in ctx.config.sources:
+        if src == "r1_zero":
+            if "zero" not in ctx.inputs:
+                raise ValueError("cold_start.sources names 'r1_zero' but no R1-Zero model was given")
+        else:
+            read_jsonl(src, SOURCE_FIELDS)
+    if "base" not in ctx.inputs:
+        raise ValueError("stage cold_start needs input 'base'")
+
+
+def run(ctx: StageContext) -> None:
+    from r1flow.data.arith import rl_prompts
+    from r1flow.data.curate import SOURCE_FIELDS, curate
+    from r1flow.data.io import read_jsonl
+    from r1flow.train.sft import train_sft
+
+    cfg: ColdStartConfig = ctx.config
+    seed = int(ctx.runtime.get("seed", 0))
+    rows = []
+    for src in cfg.sources:
+        if src == "r1_zero":
+            zero, tok = load_policy(ctx.inputs["zero"], ctx)
+            problems = [p.row() for p in rl_prompts(cfg.num_prompts, seed + 101, arith_task(ctx))]
+            rows += sample_rows(zero, tok, problems, template="r1_zero", k=cfg.samples_per_prompt,
+                                temperature=cfg.temperature, top_p=1.0,
+                                max_new_tokens=cfg.max_new_tokens, seed=seed)
+            del zero
+        else:
+            rows += read_jsonl(src, SOURCE_FIELDS)
+    examples, removed = curate(rows, eval_questions(ctx), cfg.curation)
+    ctx.tracker.log_metrics({"rows": len(rows), "kept": len(examples),
+                             **{f"removed/{k}": v for k, v in removed.items()}}, 0)
+    ctx.log(f"cold start: kept {len(examples)} of {len(rows)} rows; removed {removed}")
+    if not examples:
+        raise RuntimeError(f"cold-start curation kept no example out of {len(rows)} ({removed})")
+    write_dataset(ctx, examples)
+    ctx.tracker.log_table(examples[:32], "cold_start_examples")
+    model, tokenizer = load_policy(ctx.inputs["base"], ctx)
+    final = train_sft(model, tokenizer, examples, cfg.train, ctx.tracker)
+    save_policy(model, tokenizer, ctx)
+    evaluate(ctx, model, tokenizer, "r1", step=int(final.get("steps", 0)))

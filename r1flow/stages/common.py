@@ -1,0 +1,136 @@
+"""What several stages share: torch setup, model folders, prompt sets, evaluation with logging.
+
+Model-producing artifacts hold their model in ``model/``; the base artifact holds ``teacher/`` and
+``student/``. A folder may instead hold ``source.json`` (a hub id + pinned revision) so real
+presets point at hub models without copying weights into the store.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from r1flow.stages.runner import StageContext, UserError
+
+SAMPLE_ROWS = 32
+
+
+def setup_torch(ctx: StageContext):
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    torch.set_num_threads(int(ctx.runtime.get("threads", 2)))
+    torch.manual_seed(int(ctx.runtime.get("seed", 0)))
+    hf_logging.disable_progress_bar()
+    device = ctx.runtime.get("device", "cpu")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(device)
+
+
+def model_dir(artifact: Path, which: str = "teacher") -> Path:
+    """The model folder inside an artifact: ``model/`` if present, else ``<which>/``."""
+    for candidate in (artifact / "model", artifact / which):
+        if candidate.is_dir():
+            return candidate
+    raise UserError(f"artifact {artifact} holds no model folder (model/ or {which}/)")
+
+
+def load_policy(artifact: Path, ctx: StageContext, which: str = "teacher"):
+    """(model, tokenizer) on the stage's device, from an artifact's model folder or source.json."""
+    from r1flow.modeling import load_model
+
+    folder = model_dir(artifact, which)
+    source = folder / "source.json"
+    if source.exists():
+        spec = json.loads(source.read_text())
+        model, tok = load_model(spec["source"], revision=spec.get("revision"),
+                                trust_remote_code=spec.get("trust_remote_code", False))
+    else:
+        model, tok = load_model(str(folder))
+    return model.to(setup_torch(ctx)), tok
+
+
+def save_policy(model, tokenizer, ctx: StageContext, sub: str = "model") -> Path:
+    from r1flow.modeling import save_model
+
+    return save_model(model, tokenizer, ctx.workdir / sub)
+
+
+def arith_task(ctx: StageContext):
+    from r1flow.data.arith import TaskParams
+
+    return TaskParams.model_validate(ctx.runtime.get("task", {}))
+
+
+def evaluate(ctx: StageContext, model, tokenizer, template: str, *, step: int = 0,
+             name: str = "eval", write: bool = True) -> dict[str, float]:
+    """Paper §3 evaluation on every configured benchmark; logs ``eval/<bench>/<metric>`` at ``step``."""
+    from r1flow.data.benchmarks import benchmark_name, load_benchmark
+    from r1flow.engine import HFEngine
+    from r1flow.evaluate import evaluate_model
+
+    cfg = ctx.runtime.get("evaluate", {})
+    engine = HFEngine(model, tokenizer, batch_size=int(cfg.get("batch_size", 128)))
+    metrics: dict[str, float] = {}
+    for bench in cfg.get("benchmarks", ["arith_heldout"]):
+        problems = load_benchmark(bench)[: cfg.get("max_problems") or None]
+        result = evaluate_model(engine, problems, template=template, k=int(cfg.get("k", 4)),
+                                temperature=float(cfg.get("temperature", 0.6)),
+                                top_p=float(cfg.get("top_p", 0.95)),
+                                max_new_tokens=int(cfg.get("max_new_tokens", 64)),
+                                seed=int(ctx.runtime.get("seed", 0)), batch_size=max(1, engine.batch_size // 4))
+        short = benchmark_name(bench)
+        metrics.update({f"{name}/{short}/{k}": v for k, v in result.metrics.items()})
+        if write:
+            ctx.tracker.log_table(result.samples[:SAMPLE_ROWS], f"{name}_{short}_step{step}")
+    ctx.tracker.log_metrics(metrics, step)
+    if write:
+        previous = json.loads((ctx.workdir / "eval.json").read_text()) if (ctx.workdir / "eval.json").exists() else {}
+        ctx.write_json("eval.json", {**previous, **{k: v for k, v in metrics.items()}, "template": template})
+    return metrics
+
+
+def sft_examples_from(path: Path) -> list[dict[str, Any]]:
+    """The SFT dataset an upstream stage wrote (rows ``prompt``, ``completion``)."""
+    from r1flow.data.io import read_jsonl
+
+    return read_jsonl(path / "sft.jsonl", {"prompt": str, "completion": str})
+
+
+def sample_rows(model, tokenizer, problems: list[dict[str, str]], *, template: str, k: int,
+                temperature: float, top_p: float, max_new_tokens: int, seed: int,
+                batch_size: int = 128) -> list[dict[str, Any]]:
+    """k samples per problem as rows ``{question, answer, completion, finish_reason, template}``."""
+    from r1flow.engine import HFEngine
+    from r1flow.templates import render_prompt
+
+    engine = HFEngine(model, tokenizer, batch_size=batch_size)
+    rows: list[dict[str, Any]] = []
+    per_call = max(1, batch_size // k)
+    for call, start in enumerate(range(0, len(problems), per_call)):
+        chunk = problems[start:start + per_call]
+        out = engine.generate([render_prompt(p["question"], template) for p in chunk], n=k,
+                              max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                              seed=seed + call)
+        for j, text in enumerate(out.texts):
+            p = chunk[out.prompt_index[j]]
+            rows.append({"question": p["question"], "answer": str(p["answer"]), "completion": text,
+                         "finish_reason": out.finish_reasons[j], "template": template})
+    return rows
+
+
+def eval_questions(ctx: StageContext) -> list[str]:
+    """Every evaluation question (for decontamination)."""
+    from r1flow.data.benchmarks import load_benchmark
+
+    return [row["question"] for bench in ctx.runtime.get("evaluate", {}).get("benchmarks", ["arith_heldout"])
+            for row in load_benchmark(bench)]
+
+
+def write_dataset(ctx: StageContext, rows: list[dict[str, Any]], name: str = "sft.jsonl") -> None:
+    from r1flow.data.io import dataset_digest, write_jsonl
+
+    write_jsonl(ctx.workdir / name, rows)
+    ctx.set_tags(**{f"r1flow.dataset.{name}": dataset_digest(rows)})

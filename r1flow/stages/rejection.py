@@ -1,0 +1,48 @@
+"""Stage 3 (paper §2.3.3): rejection sampling from the reasoning-RL checkpoint.
+
+k samples per reasoning prompt; keep correct ones and drop mixed-language chains of thought,
+long paragraphs, code blocks and truncated outputs (``r1flow.data.curate.rejection_filter``);
+mix in non-reasoning SFT rows when configured (answered without a chain of thought, as the paper
+does for simple queries); write the SFT dataset and log how many rows each filter removed.
+"""
+
+from __future__ import annotations
+
+from r1flow.config import RejectionConfig
+from r1flow.stages.common import arith_task, load_policy, sample_rows, write_dataset
+from r1flow.stages.runner import StageContext
+
+Config = RejectionConfig
+
+
+def check(ctx: StageContext) -> None:
+    if "policy" not in ctx.inputs:
+        raise ValueError("stage rejection_sampling needs input 'policy'")
+
+
+def run(ctx: StageContext) -> None:
+    from r1flow.data.arith import rl_prompts
+    from r1flow.data.curate import mix_non_reasoning, rejection_filter
+    from r1flow.data.preferences import load_nonreasoning
+    from r1flow.templates import render_prompt
+
+    cfg: RejectionConfig = ctx.config
+    seed = int(ctx.runtime.get("seed", 0))
+    model, tokenizer = load_policy(ctx.inputs["policy"], ctx)
+    problems = [p.row() for p in rl_prompts(cfg.num_prompts, seed + 202, arith_task(ctx))]
+    samples = sample_rows(model, tokenizer, problems, template="r1", k=cfg.samples_per_prompt,
+                          temperature=cfg.temperature, top_p=cfg.top_p,
+                          max_new_tokens=cfg.max_new_tokens, seed=seed)
+    kept, removed = rejection_filter(samples, cfg.filters)
+    if not kept:
+        raise RuntimeError(f"rejection sampling kept no sample out of {len(samples)} ({removed})")
+    general = [{"prompt": render_prompt(r["prompt"], "r1"), "completion": " </think> " + r["response"]}
+               for r in load_nonreasoning()]
+    data = mix_non_reasoning(kept, general, cfg.non_reasoning_fraction, seed)
+    ctx.tracker.log_metrics({"samples": len(samples), "kept": len(kept), "dataset": len(data),
+                             "accept_rate": len(kept) / len(samples),
+                             **{f"removed/{k}": v for k, v in removed.items()}}, 0)
+    ctx.log(f"rejection sampling: kept {len(kept)} of {len(samples)}; removed {removed}")
+    write_dataset(ctx, data)
+    ctx.write_json("filters.json", {"samples": len(samples), "kept": len(kept), "removed": removed})
+    ctx.tracker.log_table(data[:32], "sft_examples")

@@ -1,0 +1,130 @@
+"""The GRPO stages: R1-Zero (paper §2.2), reasoning-oriented RL (§2.3.2) and RL for all
+scenarios (§2.3.4) — one stage module, three configs.
+
+Each prompt source brings its own reward functions (rule rewards for verifiable prompts, a
+model-based reward for general ones), so a rollout batch can mix both as §2.3.4 describes.
+The held-out evaluation runs at step 0 and at the end (and every ``eval_every`` steps), in this
+process, so the stage's MLflow run shows the gain it made: ``eval_gain/<bench>/pass@1`` with its
+standard error.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+from r1flow.config import PromptSource, RewardSpec, RLConfig
+from r1flow.stages.common import arith_task, evaluate, load_policy, save_policy
+from r1flow.stages.runner import StageContext
+
+Config = RLConfig
+
+
+def check(ctx: StageContext) -> None:
+    if "policy" not in ctx.inputs:
+        raise ValueError(f"stage {ctx.spec.stage} needs input 'policy'")
+    wants_rm = any(r.name == "reward_model" for p in ctx.config.prompts for r in p.rewards)
+    if wants_rm and "reward_model" not in ctx.inputs:
+        raise ValueError(f"{ctx.spec.stage}: a prompt source uses reward 'reward_model' but none was given")
+    for p in ctx.config.prompts:
+        _prompts(p, ctx)  # validates files and sizes before any model is loaded
+
+
+def _prompts(src: PromptSource, ctx: StageContext) -> list[dict[str, str]]:
+    from r1flow.data.arith import rl_prompts
+    from r1flow.data.io import read_jsonl
+    from r1flow.data.preferences import load_nonreasoning
+
+    seed = int(ctx.runtime.get("seed", 0))
+    if src.source == "arith":
+        rows = [p.row() for p in rl_prompts(src.num_prompts, seed + 303, arith_task(ctx))]
+    elif src.source == "nonreasoning":
+        rows = [{"question": r["prompt"], "answer": ""} for r in load_nonreasoning()][: src.num_prompts]
+    else:
+        rows = read_jsonl(src.source, {"question": str, "answer": str})[: src.num_prompts]
+    return [{"question": r["question"], "gold": str(r["answer"]), "source": src.source} for r in rows]
+
+
+def mix_sources(lists: list[list[dict]], weights: list[float]) -> list[dict]:
+    """Interleave prompt lists so that uniform sampling draws source i with share weights[i]."""
+    total = sum(weights)
+    length = max(math.ceil(len(rows) * total / w) for rows, w in zip(lists, weights))
+    mixed = []
+    for rows, w in zip(lists, weights):
+        count = max(1, round(length * w / total))
+        mixed += [rows[i % len(rows)] for i in range(count)]
+    return mixed
+
+
+def _reward_fn(spec: RewardSpec, template: str, ctx: StageContext, source: str,
+               by_prompt: dict[str, dict]) -> Callable[[list[str], list[str], list[str]], list[float]]:
+    """A reward over (prompts, completions, golds); rows of other sources score NaN (not applied)."""
+    from r1flow.rewards import get_reward, split_completion
+
+    if spec.name == "reward_model":
+        from r1flow.train.reward_model import RewardModelScorer
+        from r1flow.stages.common import model_dir
+
+        scorer = RewardModelScorer(model_dir(ctx.inputs["reward_model"]), **spec.params)
+
+        def base(prompts, completions, golds):
+            finals = [split_completion(c, template)[1] or "" for c in completions]
+            return scorer([by_prompt[p]["question"] for p in prompts], finals)
+    else:
+        params = dict(spec.params)
+        if spec.name in ("format", "language"):
+            params.setdefault("template", template)
+        if spec.name == "accuracy":
+            params.setdefault("timeout_s", ctx.config.grpo.reward_timeout_s)
+        rule = get_reward(spec.name, **params)
+
+        def base(prompts, completions, golds):
+            return rule(completions, golds)
+
+    def fn(prompts, completions, golds):
+        idx = [i for i, p in enumerate(prompts) if by_prompt[p]["source"] == source]
+        out = [float("nan")] * len(completions)
+        if idx:
+            scores = base([prompts[i] for i in idx], [completions[i] for i in idx], [golds[i] for i in idx])
+            for i, v in zip(idx, scores):
+                out[i] = float(v)
+        return out
+
+    return fn
+
+
+def run(ctx: StageContext) -> None:
+    from r1flow.grpo.trainer import train_grpo
+    from r1flow.templates import render_prompt
+
+    cfg: RLConfig = ctx.config
+    model, tokenizer = load_policy(ctx.inputs["policy"], ctx)
+    ref_model = load_policy(ctx.inputs["policy"], ctx)[0].eval() if cfg.grpo.beta > 0 else None
+    per_source = [_prompts(p, ctx) for p in cfg.prompts]
+    by_prompt: dict[str, dict] = {}
+    for rows in per_source:
+        for r in rows:
+            r["prompt"] = render_prompt(r["question"], cfg.template)
+            by_prompt[r["prompt"]] = r
+    prompts = mix_sources(per_source, [p.weight for p in cfg.prompts])
+    reward_fns = [(f"{p.source}/{r.name}" if len(cfg.prompts) > 1 else r.name, r.weight,
+                   _reward_fn(r, cfg.template, ctx, p.source, by_prompt))
+                  for p in cfg.prompts for r in p.rewards]
+    start = evaluate(ctx, model, tokenizer, cfg.template, step=0, write=False)
+
+    def on_step(step: int, state: Any) -> None:
+        if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.grpo.steps:
+            evaluate(ctx, model, tokenizer, cfg.template, step=step, write=False)
+
+    ctx.log(f"{ctx.spec.stage}: GRPO for {cfg.grpo.steps} steps on {len(prompts)} prompts")
+    final = train_grpo(model, tokenizer, prompts, reward_fns, cfg.grpo, ctx.tracker,
+                       ref_model=ref_model, on_step=on_step)
+    save_policy(model, tokenizer, ctx)
+    end = evaluate(ctx, model, tokenizer, cfg.template, step=cfg.grpo.steps)
+    gains = {}
+    for key, value in end.items():
+        if key.endswith("/pass@1") or key.endswith("/pass@1_lenient"):
+            gains[key.replace("eval/", "eval_gain/", 1)] = value - start.get(key, 0.0)
+    ctx.tracker.log_metrics(gains, cfg.grpo.steps)
+    ctx.write_json("train.json", {**{k: v for k, v in final.items() if isinstance(v, (int, float))},
+                                  "eval_start": start, "eval_end": end, "gains": gains})

@@ -1,0 +1,170 @@
+"""The stage process: validate, resolve inputs, do the work, publish the artifact, report.
+
+``python -m r1flow.stages SPEC.json`` runs one stage. The spec (written by the orchestrating task)
+names the stage, its resolved config, its input refs, the store key of its output and the MLflow
+run to log into. Order matters for "bad input fails before expensive work, leaving nothing":
+config and inputs are validated first (exit code 2 on error), the work happens in a private
+staging folder, and the artifact becomes visible only when the store writes its manifest last.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from r1flow import mlflow_runs
+from r1flow.events import emit
+from r1flow.launcher import EXIT_INPUT_ERROR
+from r1flow.store import ArtifactRef, Store, StoreError, open_store
+from r1flow.tracking import EventTracker, NullTracker, Tracker
+
+
+class UserError(ValueError):
+    """A config or input error: reported with exit code 2, never retried."""
+
+
+class StageSpec(BaseModel):
+    """Everything a stage process needs; written as JSON by the orchestrator."""
+
+    model_config = ConfigDict(extra="forbid")
+    stage: str
+    config: dict[str, Any] = Field(description="the stage's resolved config")
+    runtime: dict[str, Any] = Field(default_factory=dict, description="seed, threads, device, eval")
+    inputs: dict[str, ArtifactRef] = Field(default_factory=dict)
+    output_key: str = Field(description="store key the artifact is published under")
+    store_root: str
+    s3_endpoint_url: str | None = None
+    tracking_uri: str | None = None
+    mlflow_run_id: str | None = None
+    work_root: str | None = Field(None, description="where the staging folder goes")
+
+
+@dataclass
+class StageContext:
+    """What a stage's ``run`` receives."""
+
+    spec: StageSpec
+    config: Any
+    inputs: dict[str, Path]
+    workdir: Path
+    store: Store
+    tracker: Tracker = field(default_factory=NullTracker)
+    rank: int = 0
+
+    @property
+    def runtime(self) -> dict[str, Any]:
+        return self.spec.runtime
+
+    def log(self, message: str, **data: Any) -> None:
+        if self.rank == 0:
+            emit("log", message=message, **data)
+
+    def set_tags(self, **tags: Any) -> None:
+        if self.rank == 0 and self.spec.mlflow_run_id and self.spec.tracking_uri:
+            mlflow_runs.set_tags(self.spec.tracking_uri, self.spec.mlflow_run_id, tags)
+
+    def write_json(self, name: str, obj: Any) -> Path:
+        path = self.workdir / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str))
+        return path
+
+
+def _resolve_inputs(store: Store, spec: StageSpec, cache_dir: Path) -> dict[str, Path]:
+    """Local paths of every input; remote ones are downloaded and verified (sha256)."""
+    paths = {}
+    for name, ref in spec.inputs.items():
+        local = store.local_path(ref.uri)
+        if local is None:
+            local = store.get_dir(ref.uri, cache_dir / ref.digest[:16])
+        elif not store.verify(ref.uri):
+            raise UserError(f"input {name!r} at {ref.uri} is missing or incomplete")
+        if store.manifest(ref.uri).digest != ref.digest:
+            raise UserError(f"input {name!r} at {ref.uri} changed since it was produced")
+        paths[name] = Path(local)
+    return paths
+
+
+def run_spec(spec: StageSpec, rank: int = 0) -> ArtifactRef | None:
+    """Run one stage in this process; returns the published ref (rank 0) or None."""
+    from r1flow.stages import load_stage
+
+    stage = load_stage(spec.stage)
+    tracking = spec.tracking_uri and spec.mlflow_run_id and rank == 0
+    try:
+        config = stage.Config.model_validate(spec.config)
+        store = open_store(spec.store_root, s3_endpoint_url=spec.s3_endpoint_url)
+        store.check()
+        work_root = Path(spec.work_root or tempfile.gettempdir())
+        work_root.mkdir(parents=True, exist_ok=True)
+        inputs = _resolve_inputs(store, spec, work_root / "inputs")
+    except (ValidationError, StoreError, FileNotFoundError, ValueError) as exc:
+        raise UserError(str(exc)) from exc
+    workdir = Path(tempfile.mkdtemp(prefix=f"{spec.stage}-", dir=work_root))
+    inner = mlflow_runs.MLflowTracker(spec.tracking_uri, spec.mlflow_run_id) if tracking else None
+    tracker: Tracker = EventTracker(inner) if rank == 0 else NullTracker()
+    if tracking:
+        mlflow_runs.log_params(spec.tracking_uri, spec.mlflow_run_id,
+                               mlflow_runs.flatten(config.model_dump(mode="json")))
+    ctx = StageContext(spec, config, inputs, workdir, store, tracker, rank)
+    try:
+        try:
+            stage.check(ctx)  # cheap input checks before the expensive part
+        except (ValidationError, StoreError, FileNotFoundError, ValueError) as exc:
+            raise UserError(str(exc)) from exc
+        stage.run(ctx)
+        if rank != 0:
+            return None
+        meta = {"stage": spec.stage, "mlflow_run_id": spec.mlflow_run_id or ""}
+        ref = store.put_dir(workdir, spec.output_key, meta=meta)
+        if tracking:
+            mlflow_runs.set_tags(spec.tracking_uri, spec.mlflow_run_id,
+                                 {"r1flow.artifact_uri": ref.uri, "r1flow.artifact_digest": ref.digest})
+        return ref
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m r1flow.stages SPEC.json", file=sys.stderr)
+        return EXIT_INPUT_ERROR
+    rank = int(os.environ.get("RANK", "0"))
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        spec = StageSpec.model_validate_json(Path(argv[0]).read_text())
+    except (OSError, ValidationError) as exc:
+        emit("error", kind="input", message=f"bad stage spec {argv[0]}: {exc}")
+        return EXIT_INPUT_ERROR
+    status, code = "FAILED", 1
+    try:
+        ref = run_spec(spec, rank)
+        if ref is not None:
+            emit("result", ref=ref.model_dump())
+        status, code = "FINISHED", 0
+    except UserError as exc:
+        emit("error", kind="input", message=str(exc))
+        code = EXIT_INPUT_ERROR
+    except KeyboardInterrupt:
+        status, code = "KILLED", 130
+    except Exception as exc:  # a crash: the orchestrator retries it
+        traceback.print_exc(file=sys.stdout)
+        emit("error", kind="crash", message=f"{type(exc).__name__}: {exc}")
+    if rank == 0 and spec.tracking_uri and spec.mlflow_run_id:
+        mlflow_runs.end_run(spec.tracking_uri, spec.mlflow_run_id, status)
+    return code
+
+
+def _raise_interrupt(signum, frame):  # SIGTERM from a cancelled run: end the MLflow run as KILLED
+    raise KeyboardInterrupt

@@ -1,0 +1,31 @@
+"""Stages 4 and 6: SFT of a base model on the rejection-sampled data (paper §2.3.3: two epochs,
+loss on completion tokens only) and distillation of a student (§2.4) — the same code, another
+config (``model: student``)."""
+
+from __future__ import annotations
+
+from r1flow.config import SFTConfig
+from r1flow.stages.common import evaluate, load_policy, save_policy, sft_examples_from
+from r1flow.stages.runner import StageContext
+
+Config = SFTConfig
+
+
+def check(ctx: StageContext) -> None:
+    for name in ("base", "data"):
+        if name not in ctx.inputs:
+            raise ValueError(f"stage {ctx.spec.stage} needs input {name!r}")
+    sft_examples_from(ctx.inputs["data"])  # validates every row before training starts
+
+
+def run(ctx: StageContext) -> None:
+    from r1flow.train.sft import train_sft
+
+    cfg: SFTConfig = ctx.config
+    examples = sft_examples_from(ctx.inputs["data"])
+    model, tokenizer = load_policy(ctx.inputs["base"], ctx, which=cfg.model)
+    ctx.log(f"SFT of the {cfg.model} base on {len(examples)} examples")
+    final = train_sft(model, tokenizer, examples, cfg.train, ctx.tracker)
+    save_policy(model, tokenizer, ctx)
+    ctx.write_json("train.json", {"examples": len(examples), **final})
+    evaluate(ctx, model, tokenizer, "r1", step=int(final.get("steps", 0)))

@@ -1,0 +1,106 @@
+"""The stage task: one unit of retry, caching and observability per stage (STYLE 8).
+
+It launches the stage process (``r1flow.launcher``), turns its structured events into Prefect
+logs, and returns the ``ArtifactRef`` the stage published. Caching (DESIGN "Tasks pass
+references"): the key is computed before the task runs (``r1flow.cache.stage_key``: stage,
+output-relevant config, input digests, library code version), the output location derives
+from it, and a hit counts only if the output's manifest still verifies — a stale Prefect record
+whose artifact vanished is dropped first, so the task re-runs. Retries: crashes only; a config
+or input error (exit code 2) fails at once.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.context import get_run_context
+
+from r1flow import mlflow_runs
+from r1flow.launcher import StageCrashed, StageInputError, check_exit, run_process, stage_command
+from r1flow.runtime import Runtime
+from r1flow.stages.runner import StageSpec
+from r1flow.store import ArtifactRef
+
+
+def _key_from_params(context, parameters: dict[str, Any]) -> str:
+    return parameters["key"]
+
+
+def _retry_crashes_only(task, task_run, state) -> bool:
+    try:
+        state.result()
+    except StageInputError:
+        return False
+    except Exception:
+        return True
+    return False
+
+
+@task(name="stage", task_run_name="{stage}", cache_key_fn=_key_from_params, persist_result=True,
+      retries=1, retry_delay_seconds=2, retry_condition_fn=_retry_crashes_only)
+def run_stage(stage: str, key: str, config: dict[str, Any], inputs: dict[str, ArtifactRef],
+              runtime: Runtime) -> ArtifactRef:
+    """Run ``stage`` as its own process and return the artifact it published."""
+    logger = get_run_logger()
+    store = runtime.store()
+    output_key = runtime.output_key(stage, key)
+    if store.verify(output_key):  # published by an earlier attempt whose record was lost
+        logger.info("stage %s: output already published at %s", stage, store.resolve(output_key))
+        return store.ref(output_key)
+    run_id = _start_mlflow_run(stage, key, inputs, runtime)
+    spec = StageSpec(stage=stage, config=config, runtime=runtime.stage_runtime(), inputs=inputs,
+                     output_key=output_key, store_root=runtime.store_root,
+                     s3_endpoint_url=runtime.s3_endpoint_url, tracking_uri=runtime.tracking_uri,
+                     mlflow_run_id=run_id, work_root=str(runtime.home / "work"))
+    result: dict[str, Any] = {}
+
+    def on_event(event: dict[str, Any]) -> None:
+        kind = event["event"]
+        if kind == "result":
+            result["ref"] = ArtifactRef.model_validate(event["ref"])
+        elif kind == "error":
+            result["error"] = event.get("message")
+            logger.error("stage %s: %s", stage, event.get("message"))
+        elif kind == "log":
+            logger.info("%s", event.get("message"))
+        elif kind == "metrics":
+            values = " ".join(f"{k}={v:.4g}" for k, v in sorted(event["values"].items()))
+            logger.info("step %s %s", event.get("step"), values)
+
+    with tempfile.NamedTemporaryFile("w", suffix=".json", dir=runtime.home, delete=False) as f:
+        f.write(spec.model_dump_json())
+    try:
+        code = run_process(stage_command(Path(f.name), runtime.num_processes(config)),
+                           env=runtime.stage_env(), on_event=on_event,
+                           on_line=lambda line: logger.debug("%s", line))
+    finally:
+        os.unlink(f.name)
+    try:
+        check_exit(code, stage, result.get("error"))
+    except (StageInputError, StageCrashed):
+        mlflow_runs.end_run(runtime.tracking_uri, run_id, "FAILED")
+        raise
+    if "ref" not in result:
+        raise StageCrashed(f"stage {stage} exited cleanly but published no artifact")
+    return result["ref"]
+
+
+def _start_mlflow_run(stage: str, key: str, inputs: dict[str, ArtifactRef], runtime: Runtime) -> str:
+    tags = {mlflow_runs.TAG_STAGE: stage, "r1flow.cache_key": key, **runtime.tags(),
+            **{f"r1flow.input.{name}": ref.digest for name, ref in inputs.items()}}
+    ctx = get_run_context()
+    tags["prefect.task_run_id"] = str(ctx.task_run.id)
+    return mlflow_runs.start_run(runtime.tracking_uri, runtime.experiment_id(), stage,
+                                 parent=runtime.parent_run_id, tags=tags)
+
+
+def invalidate_stale(stage: str, key: str, runtime: Runtime) -> None:
+    """Drop the cached Prefect record of ``key`` when its artifact no longer verifies."""
+    record = runtime.results_dir / key
+    if record.exists() and not runtime.store().verify(runtime.output_key(stage, key)):
+        record.unlink()
+
