@@ -1,0 +1,363 @@
+"""The GRPO training loop (paper §2.2.1; DeepSeekMath eq. 3 for the per-token form).
+
+One step (one rollout batch):
+
+1. take ``prompts_per_step`` prompts — positions ``step·k …`` of an endless sequence of shuffled
+   epochs, a pure function of (seed, step), so a resumed run continues exactly;
+2. sample G completions each through the engine (policy in eval mode; ``sync_weights`` after the
+   updates), seeded by (seed, step);
+3. score them with the weighted rewards, A_i = (r_i − mean_group) / std_group
+   (``group_advantages``); groups whose rewards are all equal are counted and, with
+   ``filter_zero_variance`` (DAPO), dropped;
+4. log-probs of the old policy (once, no grad) and of the frozen reference (only when β > 0);
+5. ``mu`` passes × ``num_minibatches`` AdamW steps (linear warmup, grad clipping); each minibatch
+   in micro-batches of ``micro_batch_size`` rows whose gradients accumulate.
+
+Deliberate choices:
+
+1. With ``mu == 1`` and one minibatch the policy that sampled is the policy being trained, so the
+   old log-probs are the current ones detached (ratio = exp(logp − logp.detach()) = 1, gradient
+   A·∇logp) and their forward pass is skipped — TRL does the same.
+2. β = 0 builds and calls no reference model at all; ``kl_k3``/``kl_k1`` are then not logged.
+3. Loss denominators (tokens, sequences, ``max_new_tokens`` for ``fixed_length``) span the whole
+   minibatch over all micro-batches and ranks, so the accumulated gradient is exactly the
+   minibatch's, whatever the micro-batch size; peak memory follows the micro-batch, not G.
+4. Log-probs run on exactly the engine's prompt+completion ids (no re-tokenization), with each
+   micro-batch's left prompt padding and right completion padding trimmed, and only completion
+   positions projected to the vocabulary (``token_logprobs``). Log-probs use the sampling
+   temperature; top-p truncation is not reflected in them (as in TRL and verl).
+5. A minibatch with no rows (every group filtered) takes no optimizer step: the schedule counts
+   optimizer steps actually taken.
+6. Several processes: each rank samples its own slice of the step's prompts; token counts and
+   gradients are summed over ranks in one place (``all_ranks_sum``). One process is the main path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import random
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from r1flow.engine import GenerationEngine, HFEngine, Rollouts
+from r1flow.grpo.logprobs import token_logprobs
+from r1flow.grpo.loss import group_advantages, grpo_loss, zero_variance_groups
+from r1flow.grpo.params import GRPOParams
+from r1flow.grpo.rewarding import RewardScores, RewardSpec, reward_metrics, score_batch
+from r1flow.tracking import NullTracker, Tracker
+
+SAMPLE_ROWS = 8
+_STAT_KEYS = ("kl_k3", "kl_k1", "clip_fraction/low", "clip_fraction/high", "ratio")
+
+
+# ---------------------------------------------------------------- order and seeds
+
+@functools.lru_cache(maxsize=4)
+def _epoch_order(n: int, seed: int, epoch: int) -> tuple[int, ...]:
+    order = list(range(n))
+    random.Random(f"grpo-order-{seed}-{epoch}").shuffle(order)
+    return tuple(order)
+
+
+def step_prompt_indices(n: int, k: int, seed: int, step: int) -> list[int]:
+    """Prompts of rollout batch ``step`` (0-based): each epoch sees every prompt once.
+
+    >>> sorted(step_prompt_indices(4, 2, 0, 0) + step_prompt_indices(4, 2, 0, 1))
+    [0, 1, 2, 3]
+    """
+    return [_epoch_order(n, seed, pos // n)[pos % n] for pos in range(step * k, (step + 1) * k)]
+
+
+def rollout_seed(seed: int, step: int, rank: int = 0) -> int:
+    """Sampling seed of one rank's rollouts at ``step``."""
+    return random.Random(f"grpo-rollout-{seed}-{step}-{rank}").getrandbits(62)
+
+
+# ---------------------------------------------------------------- rollout batch
+
+@dataclass
+class RolloutBatch:
+    """One rollout batch as the loss needs it; every tensor on the policy's device."""
+
+    prompt_ids: Tensor  # [N, P] left-padded
+    prompt_mask: Tensor  # [N, P]
+    completion_ids: Tensor  # [N, L] right-padded
+    completion_mask: Tensor  # [N, L] 1 through the first EOS
+    advantages: Tensor  # [N]
+    old_logp: Tensor | None = None  # [N, L]; None: on-policy, the current log-probs detached
+    ref_logp: Tensor | None = None  # [N, L]; None when β = 0
+
+    @classmethod
+    def from_rollouts(cls, rollouts: Rollouts, advantages: Tensor, device: torch.device) -> RolloutBatch:
+        return cls(rollouts.prompt_ids.to(device), rollouts.prompt_mask.to(device),
+                   rollouts.completion_ids.to(device), rollouts.completion_mask.to(device),
+                   advantages.to(device))
+
+    def __len__(self) -> int:
+        return self.advantages.numel()
+
+    def select(self, rows: Tensor) -> RolloutBatch:
+        """The batch restricted to ``rows``."""
+        picked = {f.name: getattr(self, f.name) for f in fields(self)}
+        return RolloutBatch(**{name: None if t is None else t[rows] for name, t in picked.items()})
+
+    def inputs(self, rows: Tensor) -> tuple[Tensor, Tensor, int]:
+        """(input_ids, attention_mask, completion_start) of ``rows`` with padding columns trimmed."""
+        prompt_mask = self.prompt_mask[rows]  # [n, P]
+        completion_mask = self.completion_mask[rows]  # [n, L]
+        start = self.prompt_mask.size(1) - int(prompt_mask.sum(dim=1).max())
+        length = int(completion_mask.sum(dim=1).max())
+        ids = torch.cat([self.prompt_ids[rows, start:], self.completion_ids[rows, :length]], dim=1)
+        mask = torch.cat([prompt_mask[:, start:], completion_mask[:, :length]], dim=1)
+        return ids, mask, self.prompt_mask.size(1) - start  # [n, P' + L'], [n, P' + L'], P'
+
+
+def rollout_batch(rollouts: Rollouts, rewards: Tensor, params: GRPOParams, device: torch.device) -> RolloutBatch:
+    """Rows and group advantages of one step; with ``filter_zero_variance`` the rows of groups whose
+    rewards are all equal are dropped (their advantages are exactly 0 anyway, but they count in the
+    loss denominators)."""
+    group = params.group_size
+    batch = RolloutBatch.from_rollouts(rollouts, group_advantages(rewards, group, scale=params.adv_scale), device)
+    if not params.filter_zero_variance:
+        return batch
+    keep = (~zero_variance_groups(rewards, group)).repeat_interleave(group)  # [N]
+    return batch.select(keep.nonzero().squeeze(1).to(device))
+
+
+def batch_logprobs(model, batch: RolloutBatch, micro_batch_size: int, temperature: float) -> Tensor:
+    """Per-token log-probs [N, L] of every row under ``model``, no grad (0 past each row's length)."""
+    out = torch.zeros(batch.completion_ids.shape, dtype=torch.float32, device=batch.advantages.device)
+    for rows in torch.arange(len(batch), device=out.device).split(micro_batch_size):
+        ids, mask, start = batch.inputs(rows)
+        with torch.inference_mode():
+            logp = token_logprobs(model, ids, mask, start, temperature=temperature)  # [n, L']
+        out[rows, : logp.size(1)] = logp
+    return out
+
+
+# ---------------------------------------------------------------- gradients
+
+def all_ranks_sum(tensors: list[Tensor]) -> None:
+    """Sum each tensor in place over all ranks; nothing to do in a single process.
+
+    Used for the minibatch token/sequence counts (loss denominators) and for the gradients: each
+    rank's loss is its share of the global loss, so summed gradients are the global gradient.
+    """
+    if dist.is_available() and dist.is_initialized():
+        for tensor in tensors:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+
+
+def minibatch_backward(model, batch: RolloutBatch, rows: Tensor, params: GRPOParams, *,
+                       total_tokens: float, num_sequences: int) -> dict[str, float]:
+    """Accumulate into ``.grad`` the GRPO loss gradient of minibatch ``rows``, micro-batch by micro-batch.
+
+    ``total_tokens``/``num_sequences`` count the whole minibatch (all ranks). Returns the summed
+    loss, the token count and token-weighted sums of the loss statistics.
+    """
+    sums: dict[str, float] = defaultdict(float)
+    for micro in rows.split(params.micro_batch_size):
+        ids, mask, start = batch.inputs(micro)
+        logp = token_logprobs(model, ids, mask, start, temperature=params.temperature)  # [n, L']
+        length = logp.size(1)
+        old = logp.detach() if batch.old_logp is None else batch.old_logp[micro, :length]
+        ref = None if batch.ref_logp is None else batch.ref_logp[micro, :length]
+        loss, stats = grpo_loss(logp, old, ref, batch.advantages[micro], batch.completion_mask[micro, :length],
+                                beta=params.beta, eps_low=params.eps_low, eps_high=params.eps_high,
+                                mode=params.loss_agg, total_tokens=total_tokens,
+                                num_sequences=num_sequences, max_len=params.max_new_tokens)
+        loss.backward()
+        tokens = float(stats["num_tokens"])
+        sums["loss"] += float(loss.detach())
+        sums["tokens"] += tokens
+        for key in _STAT_KEYS:
+            if key in stats:
+                sums[key] += float(stats[key]) * tokens
+    return dict(sums)
+
+
+def make_optimizer(model, params: GRPOParams) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW (weight decay on matrices only) with a linear warmup to a constant lr."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in trainable if p.ndim >= 2], "weight_decay": params.weight_decay},
+              {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(groups, lr=params.lr)
+    warmup = params.warmup_steps
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+    return optimizer, scheduler
+
+
+def _apply_update(model, optimizer, scheduler, grad_clip: float) -> float:
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    for p in trainable:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    all_ranks_sum([p.grad for p in trainable])
+    norm = torch.nn.utils.clip_grad_norm_(trainable, grad_clip or float("inf"))
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(norm)
+
+
+# ---------------------------------------------------------------- the loop
+
+@dataclass
+class GRPOState:
+    """What ``on_step`` sees after each rollout batch (everything a checkpoint needs)."""
+
+    step: int
+    total_steps: int
+    model: Any
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    optimizer_steps: int
+    metrics: dict[str, float]
+
+
+class _Clock:
+    """Seconds spent per phase of one step (every phase reported, 0 when it did not run)."""
+
+    def __init__(self) -> None:
+        self.times = dict.fromkeys(("generate", "reward", "logprob", "backward", "optimizer"), 0.0)
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        self.times[name] += time.perf_counter() - start
+
+
+def _rank_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _frozen_copy(model):
+    ref = copy.deepcopy(model).eval()
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    return ref
+
+
+def _optimize(model, batch: RolloutBatch, optimizer, scheduler, params: GRPOParams, clock: _Clock, *,
+              seed: int) -> dict[str, float]:
+    """``mu`` passes × ``num_minibatches`` optimizer steps over the batch; averaged statistics."""
+    device = batch.advantages.device
+    shuffle = torch.Generator().manual_seed(seed)
+    sums: dict[str, float] = defaultdict(float)
+    norms, losses, lr = [], [], optimizer.param_groups[0]["lr"]
+    for _ in range(params.mu):
+        order = torch.arange(len(batch))
+        if params.num_minibatches > 1:
+            order = torch.randperm(len(batch), generator=shuffle)
+        for rows in order.to(device).tensor_split(params.num_minibatches):
+            counts = torch.tensor([float(batch.completion_mask[rows].sum()), float(rows.numel())],
+                                  dtype=torch.float64, device=device)
+            all_ranks_sum([counts])
+            if counts[1] == 0:
+                continue
+            with clock("backward"):
+                mb = minibatch_backward(model, batch, rows, params, total_tokens=float(counts[0]),
+                                        num_sequences=int(counts[1]))
+            lr = optimizer.param_groups[0]["lr"]
+            with clock("optimizer"):
+                norms.append(_apply_update(model, optimizer, scheduler, params.grad_clip))
+            losses.append(mb.pop("loss"))
+            for key, value in mb.items():
+                sums[key] += value
+    tokens = max(sums.pop("tokens", 0.0), 1.0)
+    out = {k.replace("/", "_"): v / tokens for k, v in sums.items()}
+    out["clip_fraction"] = out.get("clip_fraction_low", 0.0) + out.get("clip_fraction_high", 0.0)
+    out.update(loss=sum(losses) / max(len(losses), 1), grad_norm=sum(norms) / max(len(norms), 1),
+               lr=lr, optimizer_steps=float(len(norms)))
+    return out
+
+
+def _rollout_metrics(rollouts: Rollouts, scores: RewardScores, group_size: int) -> dict[str, float]:
+    metrics = reward_metrics(scores)
+    metrics["response_length/mean"] = float(rollouts.completion_lengths.float().mean())
+    metrics["truncated_fraction"] = sum(r == "length" for r in rollouts.finish_reasons) / len(rollouts)
+    metrics["zero_variance_groups"] = float(zero_variance_groups(scores.total, group_size).sum())
+    return metrics
+
+
+def _sample_rows(step: int, prompts: list[dict], rollouts: Rollouts, rewards: Tensor, group: int) -> list[dict]:
+    """The first completion of each of the first ``SAMPLE_ROWS`` prompts, for a logged table."""
+    picked = range(0, min(len(rollouts), SAMPLE_ROWS * group), group)
+    return [{"step": step, "source": prompts[i]["source"], "prompt": prompts[i]["prompt"],
+             "completion": rollouts.texts[i], "reward": float(rewards[i])} for i in picked]
+
+
+def train_grpo(model, tokenizer, prompts: list[dict], reward_fns: list[RewardSpec], params: GRPOParams,
+               tracker: Tracker | None = None, *, engine: GenerationEngine | None = None, ref_model=None,
+               on_step: Callable[[int, GRPOState], None] | None = None) -> dict[str, float]:
+    """Train ``model`` in place with GRPO on ``prompts`` (``{"prompt", "gold", "source"}``, prompt
+    already rendered); returns a summary: steps, optimizer steps, first and last mean reward, runtime.
+    """
+    if not prompts:
+        raise ValueError("train_grpo needs at least one prompt")
+    tracker = tracker or NullTracker()
+    rank, world = _rank_world()
+    k, group = params.prompts_per_step, params.group_size
+    torch.manual_seed(params.seed)
+    engine = engine or HFEngine(model, tokenizer, batch_size=k * group)
+    ref = None if params.beta == 0 else ref_model if ref_model is not None else _frozen_copy(model)
+    optimizer, scheduler = make_optimizer(model, params)
+    device = next(model.parameters()).device
+    needs_old = params.mu > 1 or params.num_minibatches > 1
+    model.train()
+    start, window, rewards, optimizer_steps = time.perf_counter(), defaultdict(list), [], 0
+    for step in range(params.steps):
+        clock, step_start = _Clock(), time.perf_counter()
+        picked = step_prompt_indices(len(prompts), k * world, params.seed, step)[rank * k:(rank + 1) * k]
+        chosen = [prompts[i] for i in picked]
+        with clock("generate"):
+            rollouts = engine.generate([p["prompt"] for p in chosen], n=group,
+                                       max_new_tokens=params.max_new_tokens, temperature=params.temperature,
+                                       top_p=params.top_p, seed=rollout_seed(params.seed, step, rank))
+        rows = [chosen[i] for i in rollouts.prompt_index]
+        with clock("reward"):
+            scores = score_batch(reward_fns, [p["prompt"] for p in rows], rollouts.texts,
+                                 [p["gold"] for p in rows])
+        batch = rollout_batch(rollouts, scores.total, params, device)
+        with clock("logprob"):
+            if needs_old:
+                batch.old_logp = batch_logprobs(model, batch, params.micro_batch_size, params.temperature)
+            if ref is not None:
+                batch.ref_logp = batch_logprobs(ref, batch, params.micro_batch_size, params.temperature)
+        metrics = _rollout_metrics(rollouts, scores, group)
+        metrics.update(_optimize(model, batch, optimizer, scheduler, params, clock,
+                                 seed=rollout_seed(params.seed, step, rank) + 1))
+        engine.sync_weights(model)
+        optimizer_steps += int(metrics.pop("optimizer_steps"))
+        step_time = time.perf_counter() - step_start
+        metrics.update({f"time/{name}": t for name, t in clock.times.items()})
+        metrics.update(step_time_s=step_time, tokens_per_s=float(rollouts.completion_lengths.sum()) / step_time)
+        rewards.append(metrics["reward/mean"])
+        for key, value in metrics.items():
+            window[key].append(value)
+        done = step + 1
+        if rank == 0 and (done % params.log_every == 0 or done == params.steps):
+            tracker.log_metrics({key: sum(v) / len(v) for key, v in window.items()}, done)
+            tracker.progress(done, params.steps, reward=round(metrics["reward/mean"], 4))
+        if done % params.log_every == 0:
+            window = defaultdict(list)
+        if rank == 0 and (done % params.sample_every == 0 or done == 1):
+            tracker.log_table(_sample_rows(done, rows, rollouts, scores.total, group), f"samples_step{done}")
+        if on_step is not None:
+            on_step(done, GRPOState(done, params.steps, model, optimizer, scheduler, optimizer_steps, metrics))
+    model.eval()
+    return {"steps": float(params.steps), "optimizer_steps": float(optimizer_steps),
+            "reward_first": rewards[0], "reward_last": rewards[-1], "runtime_s": time.perf_counter() - start}
