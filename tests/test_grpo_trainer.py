@@ -259,3 +259,15 @@ def test_rewards_are_weighted_and_timeouts_counted():
     assert metrics["reward_timeouts"] == 3.0  # 1 from a BatchScores list, 2 from a Graded tuple
     with pytest.raises(ValueError, match="echo"):
         score_batch([("echo", 1.0, lambda ps, cs, gs: [1.0])], ["x", "y"], ["a", "b"], ["a", "b"])
+
+
+def test_rewards_of_other_sources_are_nan_and_left_out_of_their_mean():
+    from r1flow.grpo.rewarding import reward_metrics, score_batch
+
+    specs = [("math", 1.0, lambda p, c, g: [1.0, 0.0, float("nan"), float("nan")]),
+             ("judge", 0.5, lambda p, c, g: [float("nan"), float("nan"), 2.0, 4.0])]
+    scores = score_batch(specs, ["a"] * 4, ["x"] * 4, [""] * 4)
+    # totals: row0 1.0, row1 0.0, row2 0.5*2 = 1.0, row3 0.5*4 = 2.0
+    assert scores.total.tolist() == [1.0, 0.0, 1.0, 2.0]
+    metrics = reward_metrics(scores)
+    assert metrics["reward/math/mean"] == 0.5 and metrics["reward/judge/mean"] == 3.0
