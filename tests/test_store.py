@@ -18,8 +18,6 @@ from r1flow.store import (
     CorruptArtifact,
     LocalStore,
     MissingArtifact,
-    S3Options,
-    S3Store,
     Store,
     StoreError,
     StoreUnreachable,
@@ -27,6 +25,7 @@ from r1flow.store import (
     open_store,
     sha256_file,
 )
+from r1flow.store_s3 import S3Options, S3Store
 from tests.s3server import create_bucket, dummy_aws_env, free_port, moto_server
 
 BUCKET = "r1flow-test"
