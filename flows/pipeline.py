@@ -11,12 +11,12 @@ from typing import Any
 from prefect import flow
 
 from flows.run import PipelineRun
-from r1flow.config import validate
+from r1flow.config import resolve
 
 
 @flow(name="r1-pipeline")
 def pipeline(config: dict[str, Any], name: str = "r1", refresh: list[str] | None = None) -> dict:
-    with PipelineRun(validate(config), name, refresh) as run:
+    with PipelineRun(resolve(config), name, refresh) as run:
         base = run.stage("base")                                       # tiny presets: pretrain bases
         zero = run.stage("r1_zero", policy=base)                       # §2.2   R1-Zero: RL on the base
         cold = run.stage("cold_start", base=base, zero=zero)           # §2.3.1 curate long CoT, SFT base
@@ -31,7 +31,7 @@ def pipeline(config: dict[str, Any], name: str = "r1", refresh: list[str] | None
 
 @flow(name="r1-zero")
 def r1_zero(config: dict[str, Any], name: str = "r1-zero", refresh: list[str] | None = None) -> dict:
-    with PipelineRun(validate(config), name, refresh) as run:
+    with PipelineRun(resolve(config), name, refresh) as run:
         base = run.stage("base")
         run.stage("r1_zero", policy=base)                              # §2.2 RL from the base alone
     return run.summary()
@@ -41,7 +41,7 @@ def r1_zero(config: dict[str, Any], name: str = "r1-zero", refresh: list[str] | 
 def stage(stage: str, config: dict[str, Any], inputs: dict[str, str], name: str = "r1-stage",
           refresh: bool = False) -> dict:
     """Run one stage on explicit inputs (artifact URIs), e.g. to re-run it on a GPU pool."""
-    with PipelineRun(validate(config), name, [stage] if refresh else None) as run:
+    with PipelineRun(resolve(config), name, [stage] if refresh else None) as run:
         store = run.runtime.store()
         run.stage(stage, **{k: store.ref(uri) for k, uri in inputs.items()})
     return run.summary()

@@ -8,6 +8,7 @@ produced it — which is what ``r1flow status`` reads back.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from typing import Any
@@ -19,6 +20,7 @@ from prefect.settings import PREFECT_UI_URL
 from r1flow import mlflow_runs
 from r1flow.cache import stage_key
 from r1flow.config import PipelineConfig
+from r1flow.preflight import preflight
 from r1flow.runtime import Runtime
 from r1flow.store import ArtifactRef
 from tasks.stage import invalidate_stale, run_stage
@@ -36,7 +38,7 @@ class PipelineRun:
                                s3_endpoint_url=config.store.s3_endpoint_url,
                                experiment=config.tracking.experiment, shared=config.shared(),
                                flow_run_url=_flow_run_url())
-        self.runtime.store().check()
+        preflight(config, self.runtime.store_root)  # bad input fails before any stage starts
         self.exp_id = self.runtime.experiment_id()
         self.parent_run_id = parent_run_id or mlflow_runs.start_run(
             self.runtime.tracking_uri, self.exp_id, name,
@@ -56,9 +58,8 @@ class PipelineRun:
         self._record(name, state="running",
                      inputs=json.dumps({k: v.uri for k, v in inputs.items()}, sort_keys=True))
         started = time.time()
-        task = run_stage.with_options(
-            result_storage=LocalFileSystem(basepath=str(self.runtime.results_dir)),
-            refresh_cache=name in self.refresh)
+        task = run_stage.with_options(result_storage=self._result_storage(),
+                                      refresh_cache=name in self.refresh)
         state = task(name, key, config, inputs, self.runtime, return_state=True)
         if not state.is_completed():
             self._record(name, state="failed")
@@ -69,6 +70,15 @@ class PipelineRun:
                      run=ref.meta.get("mlflow_run_id", ""), seconds=f"{time.time() - started:.1f}")
         self.refs[name] = ref
         return ref
+
+    def _result_storage(self) -> str:
+        """Prefect's cache records beside the store, as a saved block (Prefect requires one)."""
+        if not hasattr(self, "_storage_ref"):
+            path = str(self.runtime.results_dir)
+            name = "r1flow-results-" + hashlib.sha256(path.encode()).hexdigest()[:12]
+            LocalFileSystem(basepath=path).save(name, overwrite=True)
+            self._storage_ref = f"local-file-system/{name}"
+        return self._storage_ref
 
     def _record(self, stage: str, **fields: str) -> None:
         mlflow_runs.set_tags(self.runtime.tracking_uri, self.parent_run_id,

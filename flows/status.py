@@ -17,9 +17,10 @@ from r1flow import mlflow_runs
 from r1flow.config import STAGES, PipelineConfig
 from r1flow.runtime import Runtime
 
-KEY_METRICS = ("loss", "reward/mean", "kl_k3", "clip_fraction", "response_length/mean", "accuracy",
-               "eval/arith_heldout/pass@1", "eval/arith_heldout/pass@1_lenient",
-               "eval/arith_heldout/cons@k", "eval/arith_heldout/format")
+KEY_METRICS = ("loss", "reward/mean", "kl_k3", "clip_fraction", "response_length/mean", "kept", "accuracy",
+               "eval/arith_heldout/pass_at_1", "eval/arith_heldout/lenient_pass_at_1",
+               "eval/arith_heldout/cons_at_4", "eval/arith_heldout/format_rate",
+               "eval_gain/arith_heldout/pass_at_1", "eval_gain/arith_heldout/pass_at_1_stderr")
 
 
 def _latest(name: str | None):

@@ -117,6 +117,7 @@ class RejectionConfig(Section):
     max_new_tokens: int = Field(64, gt=0, description="completion length limit")
     filters: RejectionParams = Field(default_factory=RejectionParams)
     non_reasoning_fraction: float = Field(0.2, ge=0, lt=1, description="share of non-reasoning rows")
+    min_kept: int = Field(1, ge=0, description="fail when fewer samples survive the filters")
 
 
 class SFTConfig(Section):
@@ -249,6 +250,13 @@ def load_config(preset: str | None = "tiny", file: str | Path | None = None,
     for assignment in sets or []:
         data = apply_set(data, assignment)
     return validate(data)
+
+
+def resolve(data: dict[str, Any]) -> PipelineConfig:
+    """A config mapping as flows receive it (e.g. deployment parameters ``{preset: tiny, ...}``):
+    its preset's file underneath, its own values on top."""
+    preset = data.get("preset")
+    return validate(merge(_read_yaml(_preset_file(preset)), data) if preset else data)
 
 
 def validate(data: dict[str, Any]) -> PipelineConfig:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,11 @@ def run_stage(stage: str, key: str, config: dict[str, Any], inputs: dict[str, Ar
                      s3_endpoint_url=runtime.s3_endpoint_url, tracking_uri=runtime.tracking_uri,
                      mlflow_run_id=run_id, work_root=str(runtime.home / "work"))
     result: dict[str, Any] = {}
+    tail: deque[str] = deque(maxlen=40)  # the process's last plain lines, shown if it fails
+
+    def on_line(line: str) -> None:
+        tail.append(line)
+        logger.debug("%s", line)
 
     def on_event(event: dict[str, Any]) -> None:
         kind = event["event"]
@@ -75,13 +81,14 @@ def run_stage(stage: str, key: str, config: dict[str, Any], inputs: dict[str, Ar
         f.write(spec.model_dump_json())
     try:
         code = run_process(stage_command(Path(f.name), runtime.num_processes(config)),
-                           env=runtime.stage_env(), on_event=on_event,
-                           on_line=lambda line: logger.debug("%s", line))
+                           env=runtime.stage_env(), on_event=on_event, on_line=on_line)
     finally:
         os.unlink(f.name)
     try:
         check_exit(code, stage, result.get("error"))
     except (StageInputError, StageCrashed):
+        if tail:
+            logger.error("stage %s output before it failed:\n%s", stage, "\n".join(tail))
         mlflow_runs.end_run(runtime.tracking_uri, run_id, "FAILED")
         raise
     if "ref" not in result:

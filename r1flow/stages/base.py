@@ -25,7 +25,8 @@ def run(ctx: StageContext) -> None:
 
     cfg: BaseConfig = ctx.config
     setup_torch(ctx)
-    tokenizer = None
+    builds = any(getattr(cfg, role).source == "build" for role in ("teacher", "student"))
+    tokenizer = shared_tokenizer(cfg) if builds else None
     for role, arch, train in (("teacher", cfg.teacher_arch, cfg.teacher_train),
                               ("student", cfg.student_arch, cfg.student_train)):
         source = getattr(cfg, role)
@@ -57,3 +58,14 @@ class _Prefixed:
 
     def log_table(self, rows, name):
         self.inner.log_table(rows, self.prefix.strip("/") + "_" + name)
+
+
+def shared_tokenizer(cfg: BaseConfig):
+    """One BPE for teacher, student and reward model, trained on the pretraining corpus and the
+    non-reasoning texts (so the final-RL replies tokenize into whole words too)."""
+    from r1flow.data.preferences import load_nonreasoning
+    from r1flow.modeling import train_tokenizer
+    from r1flow.train.pretrain import build_corpus
+
+    general = [f"{r['prompt']} {r['response']}" for r in load_nonreasoning()]
+    return train_tokenizer(build_corpus(cfg.corpus) + general, cfg.corpus.vocab_size)

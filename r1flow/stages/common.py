@@ -65,8 +65,11 @@ def arith_task(ctx: StageContext):
 
 
 def evaluate(ctx: StageContext, model, tokenizer, template: str, *, step: int = 0,
-             name: str = "eval", write: bool = True) -> dict[str, float]:
-    """Paper §3 evaluation on every configured benchmark; logs ``eval/<bench>/<metric>`` at ``step``."""
+             name: str = "eval", write: bool = True) -> tuple[dict[str, float], dict[str, dict]]:
+    """Paper §3 evaluation on every configured benchmark; logs ``eval/<bench>/<metric>`` at ``step``.
+
+    Returns the metrics and, per benchmark, each problem's (strict, lenient) pass@1 over its k
+    samples — what a paired comparison of two checkpoints needs."""
     from r1flow.data.benchmarks import benchmark_name, load_benchmark
     from r1flow.engine import HFEngine
     from r1flow.evaluate import evaluate_model
@@ -74,6 +77,7 @@ def evaluate(ctx: StageContext, model, tokenizer, template: str, *, step: int = 
     cfg = ctx.runtime.get("evaluate", {})
     engine = HFEngine(model, tokenizer, batch_size=int(cfg.get("batch_size", 128)))
     metrics: dict[str, float] = {}
+    per_problem: dict[str, dict] = {}
     for bench in cfg.get("benchmarks", ["arith_heldout"]):
         problems = load_benchmark(bench)[: cfg.get("max_problems") or None]
         result = evaluate_model(engine, problems, template=template, k=int(cfg.get("k", 4)),
@@ -83,13 +87,40 @@ def evaluate(ctx: StageContext, model, tokenizer, template: str, *, step: int = 
                                 seed=int(ctx.runtime.get("seed", 0)), batch_size=max(1, engine.batch_size // 4))
         short = benchmark_name(bench)
         metrics.update({f"{name}/{short}/{k}": v for k, v in result.metrics.items()})
+        per_problem[short] = problem_scores(result.samples)
         if write:
             ctx.tracker.log_table(result.samples[:SAMPLE_ROWS], f"{name}_{short}_step{step}")
     ctx.tracker.log_metrics(metrics, step)
     if write:
         previous = json.loads((ctx.workdir / "eval.json").read_text()) if (ctx.workdir / "eval.json").exists() else {}
-        ctx.write_json("eval.json", {**previous, **{k: v for k, v in metrics.items()}, "template": template})
-    return metrics
+        ctx.write_json("eval.json", {**previous, **metrics, "template": template})
+    return metrics, per_problem
+
+
+def problem_scores(samples: list[dict[str, Any]]) -> dict[str, tuple[float, float]]:
+    """Per problem id: (strict, lenient) mean correctness over its samples."""
+    from r1flow.evaluate import lenient_match
+
+    sums: dict[str, list[float]] = {}
+    for s in samples:
+        acc = sums.setdefault(s["id"], [0.0, 0.0, 0.0])
+        acc[0] += s["correct"]
+        acc[1] += max(s["correct"], float(lenient_match(s["completion"], s["gold"])))
+        acc[2] += 1
+    return {pid: (a[0] / a[2], a[1] / a[2]) for pid, a in sums.items()}
+
+
+def paired_gain(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]],
+                which: int = 0) -> tuple[float, float]:
+    """Mean per-problem gain and its standard error (paired over the same problems)."""
+    import math
+
+    diffs = [after[pid][which] - before[pid][which] for pid in after if pid in before]
+    if len(diffs) < 2:
+        return (diffs[0] if diffs else 0.0), 0.0
+    mean = sum(diffs) / len(diffs)
+    var = sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)
+    return mean, math.sqrt(var / len(diffs))
 
 
 def sft_examples_from(path: Path) -> list[dict[str, Any]]:

@@ -34,11 +34,16 @@ def run(ctx: StageContext) -> None:
                           temperature=cfg.temperature, top_p=cfg.top_p,
                           max_new_tokens=cfg.max_new_tokens, seed=seed)
     kept, removed = rejection_filter(samples, cfg.filters)
-    if not kept:
-        raise RuntimeError(f"rejection sampling kept no sample out of {len(samples)} ({removed})")
+    if len(kept) < cfg.min_kept:
+        raise RuntimeError(f"rejection sampling kept {len(kept)} of {len(samples)} samples, fewer than "
+                           f"rejection_sampling.min_kept={cfg.min_kept} ({removed})")
     general = [{"prompt": render_prompt(r["prompt"], "r1"), "completion": " </think> " + r["response"]}
                for r in load_nonreasoning()]
-    data = mix_non_reasoning(kept, general, cfg.non_reasoning_fraction, seed)
+    if kept:
+        data = mix_non_reasoning(kept, general, cfg.non_reasoning_fraction, seed)
+    else:  # only where min_kept is 0 (smoke presets whose policy solves nothing yet)
+        ctx.log("rejection sampling kept no sample: the dataset is the non-reasoning rows alone")
+        data = general
     ctx.tracker.log_metrics({"samples": len(samples), "kept": len(kept), "dataset": len(data),
                              "accept_rate": len(kept) / len(samples),
                              **{f"removed/{k}": v for k, v in removed.items()}}, 0)

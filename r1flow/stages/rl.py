@@ -4,17 +4,18 @@ scenarios (§2.3.4) — one stage module, three configs.
 Each prompt source brings its own reward functions (rule rewards for verifiable prompts, a
 model-based reward for general ones), so a rollout batch can mix both as §2.3.4 describes.
 The held-out evaluation runs at step 0 and at the end (and every ``eval_every`` steps), in this
-process, so the stage's MLflow run shows the gain it made: ``eval_gain/<bench>/pass@1`` with its
-standard error.
+process, so the stage's MLflow run shows the gain it made: ``eval_gain/<bench>/pass_at_1`` with its
+paired standard error.
 """
 
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 from typing import Any, Callable
 
 from r1flow.config import PromptSource, RewardSpec, RLConfig
-from r1flow.stages.common import arith_task, evaluate, load_policy, save_policy
+from r1flow.stages.common import arith_task, evaluate, load_policy, paired_gain, save_policy
 from r1flow.stages.runner import StageContext
 
 Config = RLConfig
@@ -58,7 +59,8 @@ def mix_sources(lists: list[list[dict]], weights: list[float]) -> list[dict]:
 
 def _reward_fn(spec: RewardSpec, template: str, ctx: StageContext, source: str,
                by_prompt: dict[str, dict]) -> Callable[[list[str], list[str], list[str]], list[float]]:
-    """A reward over (prompts, completions, golds); rows of other sources score NaN (not applied)."""
+    """A reward over (prompts, completions, golds); rows of other sources score NaN (not applied),
+    which the trainer leaves out of the reward's mean and counts as 0 in the total."""
     from r1flow.rewards import get_reward, split_completion
 
     if spec.name == "reward_model":
@@ -83,11 +85,12 @@ def _reward_fn(spec: RewardSpec, template: str, ctx: StageContext, source: str,
 
     def fn(prompts, completions, golds):
         idx = [i for i, p in enumerate(prompts) if by_prompt[p]["source"] == source]
-        out = [float("nan")] * len(completions)
+        out = SimpleNamespace(scores=[float("nan")] * len(completions), n_timeouts=0)
         if idx:
-            scores = base([prompts[i] for i in idx], [completions[i] for i in idx], [golds[i] for i in idx])
-            for i, v in zip(idx, scores):
-                out[i] = float(v)
+            scored = base([prompts[i] for i in idx], [completions[i] for i in idx], [golds[i] for i in idx])
+            out.n_timeouts = int(getattr(scored, "n_timeouts", 0))
+            for i, v in zip(idx, scored):
+                out.scores[i] = float(v)
         return out
 
     return fn
@@ -110,7 +113,7 @@ def run(ctx: StageContext) -> None:
     reward_fns = [(f"{p.source}/{r.name}" if len(cfg.prompts) > 1 else r.name, r.weight,
                    _reward_fn(r, cfg.template, ctx, p.source, by_prompt))
                   for p in cfg.prompts for r in p.rewards]
-    start = evaluate(ctx, model, tokenizer, cfg.template, step=0, write=False)
+    start, start_scores = evaluate(ctx, model, tokenizer, cfg.template, step=0, write=False)
 
     def on_step(step: int, state: Any) -> None:
         if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.grpo.steps:
@@ -120,11 +123,13 @@ def run(ctx: StageContext) -> None:
     final = train_grpo(model, tokenizer, prompts, reward_fns, cfg.grpo, ctx.tracker,
                        ref_model=ref_model, on_step=on_step)
     save_policy(model, tokenizer, ctx)
-    end = evaluate(ctx, model, tokenizer, cfg.template, step=cfg.grpo.steps)
+    end, end_scores = evaluate(ctx, model, tokenizer, cfg.template, step=cfg.grpo.steps)
     gains = {}
-    for key, value in end.items():
-        if key.endswith("/pass@1") or key.endswith("/pass@1_lenient"):
-            gains[key.replace("eval/", "eval_gain/", 1)] = value - start.get(key, 0.0)
+    for bench, scores in end_scores.items():
+        for which, label in ((0, "pass_at_1"), (1, "lenient_pass_at_1")):
+            gain, stderr = paired_gain(start_scores[bench], scores, which)
+            gains[f"eval_gain/{bench}/{label}"] = gain
+            gains[f"eval_gain/{bench}/{label}_stderr"] = stderr
     ctx.tracker.log_metrics(gains, cfg.grpo.steps)
     ctx.write_json("train.json", {**{k: v for k, v in final.items() if isinstance(v, (int, float))},
                                   "eval_start": start, "eval_end": end, "gains": gains})

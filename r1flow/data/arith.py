@@ -1,0 +1,273 @@
+"""The synthetic verifiable task of the CPU presets: multi-step integer addition and subtraction.
+
+Why this task: the paper's R1-Zero (§2.2) needs a base model that can already *sometimes* solve
+problems whose answers a rule can check; reinforcement learning then raises how often. At laptop
+scale that means (ENVIRONMENT.md, "R1-Zero at tiny scale") a base that can almost do the task and
+whose pass@k is far above its pass@1, with short completions so GRPO runs many steps a minute.
+
+- Problems: ``Compute 7 + 5 - 3 + 8`` (single-digit operands, 3-4 terms by default) with running
+  totals that never go negative, so each step is one small fact; the answer is an integer string.
+  Larger operands (the feasibility run's 30) left a 1M model too weak after 150 s of pretraining.
+- Worked steps are English words (``7 plus 5 is 12. 12 minus 3 is 9.``): the language-consistency
+  reward (paper §2.3.2) counts Latin words. Completions are short (about 20-45 tokens).
+- The pretraining corpus is deliberately imperfect (``CorpusMix``), in forms chosen so that every
+  bad habit is a *decision* the model makes, never a false fact it has to learn:
+  ``clean`` (tagged worked steps), ``slip`` (one step misreads the question: a flipped operator
+  or an operand off by one, computed right, carried to the answer), ``guess`` (tagged, reasoning
+  "I know this one.", an answer up to ``GUESS_SPREAD`` off), ``bare`` (no tags, "The answer is X"
+  with such a guess), ``untagged`` (right working, no tags), and a share of clean documents in the
+  R1 template. The base learns the skill from the worked forms but samples guesses about half the
+  time: pass@1 is low while the worked path stays in its distribution (pass@k far above pass@1),
+  which GRPO can select for. Abandoning the guess also lengthens responses, as R1-Zero's do
+  (paper Figure 3). Noisy guesses (not right ones) keep the model from learning to compute the
+  answer without working; arithmetic errors in the corpus (tried first) slowed learning the skill.
+- A fixed held-out set (``assets/heldout_arith.jsonl``, sha256 ``HELDOUT_SHA256``) measures every
+  model; every training generator here excludes its problems by canonical expression.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from r1flow.templates import r1_completion, r1_zero_completion, render_prompt
+
+HELDOUT_PATH = Path(__file__).resolve().parent.parent / "assets" / "heldout_arith.jsonl"
+HELDOUT_SHA256 = "d196e7988b3563f3d3202a1ef0516a61a3dfaa58105c6df1cdf21570ae753d1c"
+HELDOUT_SEED = 20250122
+HELDOUT_SIZE = 500
+GUESS_REASONING = "I know this one."
+"""The whole "reasoning" of a guessed answer: well-formed, but no working."""
+GUESS_SPREAD = 8
+"""A guessed answer is the right one plus a uniform offset in [-GUESS_SPREAD, GUESS_SPREAD]."""
+OP_WORDS = {"+": "plus", "-": "minus"}
+
+
+class TaskParams(BaseModel):
+    """Size of the arithmetic problems (the held-out set is drawn with the defaults)."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_operand: int = Field(20, ge=1, le=999, description="largest operand")
+    min_terms: int = Field(2, ge=2, le=8, description="fewest operands in a problem")
+    max_terms: int = Field(3, ge=2, le=8, description="most operands in a problem")
+
+    @model_validator(mode="after")
+    def _terms_ordered(self) -> "TaskParams":
+        if self.min_terms > self.max_terms:
+            raise ValueError("min_terms must be <= max_terms")
+        return self
+
+
+HELDOUT_TASK = TaskParams(max_operand=20, min_terms=2, max_terms=3)
+
+
+class CorpusMix(BaseModel):
+    """Which forms the pretraining documents take (fractions of the R1-Zero-template documents)."""
+
+    model_config = ConfigDict(extra="forbid")
+    clean: float = Field(0.35, ge=0, le=1, description="tagged, correct worked steps")
+    slip: float = Field(
+        0.2, ge=0, le=1, description="tagged, one step misreads the question, carried to the answer"
+    )
+    guess: float = Field(0.25, ge=0, le=1, description="tagged, no working, an answer near the right one")
+    untagged: float = Field(0.2, ge=0, le=1, description="correct working and answer, no tags")
+    bare: float = Field(0.0, ge=0, le=1, description="no tags, no working, an answer near the right one")
+    r1_fraction: float = Field(
+        0.1, ge=0, le=1, description="share of all documents in the R1 template (clean)"
+    )
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> "CorpusMix":
+        total = self.clean + self.slip + self.guess + self.untagged + self.bare
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"clean + slip + guess + untagged + bare must be 1, got {total}")
+        return self
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem: ``question`` for the prompt, ``answer`` to verify, ``solution_steps`` to teach."""
+
+    id: str
+    question: str
+    answer: str
+    solution_steps: str
+
+    def row(self) -> dict[str, str]:
+        return {"id": self.id, "question": self.question, "answer": self.answer}
+
+
+Expr = tuple[tuple[int, ...], tuple[str, ...]]
+"""(operands, operators): the canonical form of a problem."""
+
+
+def canonical_key(question: str) -> str:
+    """Canonical form of a question's expression: digits and operators only (``12+7-3``)."""
+    return re.sub(r"[^0-9+\-]", "", question)
+
+
+def draw_expr(rng: random.Random, task: TaskParams) -> Expr:
+    """Operands in 1..max_operand; a subtraction never takes the running total below zero."""
+    n = rng.randint(task.min_terms, task.max_terms)
+    total = rng.randint(1, task.max_operand)
+    operands, ops = [total], []
+    for _ in range(n - 1):
+        op = rng.choice("+-") if total >= 1 else "+"
+        b = rng.randint(1, task.max_operand if op == "+" else min(total, task.max_operand))
+        total = total + b if op == "+" else total - b
+        operands.append(b)
+        ops.append(op)
+    return tuple(operands), tuple(ops)
+
+
+def running_totals(expr: Expr) -> list[int]:
+    """Totals after each operation (one per operator)."""
+    operands, ops = expr
+    totals, total = [], operands[0]
+    for op, b in zip(ops, operands[1:]):
+        total = total + b if op == "+" else total - b
+        totals.append(total)
+    return totals
+
+
+def question_text(expr: Expr) -> str:
+    operands, ops = expr
+    parts = [str(operands[0])] + [f"{op} {b}" for op, b in zip(ops, operands[1:])]
+    return "Compute " + " ".join(parts)
+
+
+def steps_text(expr: Expr, totals: list[int]) -> str:
+    """Worked steps of ``expr`` with its running totals."""
+    operands, ops = expr
+    left, sentences = operands[0], []
+    for op, b, total in zip(ops, operands[1:], totals):
+        sentences.append(f"{left} {OP_WORDS[op]} {b} is {total}.")
+        left = total
+    return " ".join(sentences)
+
+
+def misread(expr: Expr, rng: random.Random) -> Expr:
+    """The problem with one step misread: an operator flipped or an operand off by one.
+
+    The arithmetic of the misread problem is still right, so the corpus never states a false
+    fact (which would slow learning the skill); only the reading of the question goes wrong.
+    Every variant keeps the running totals non-negative and changes the final answer.
+    """
+    operands, ops = expr
+    variants = []
+    for i, (op, b) in enumerate(zip(ops, operands[1:])):
+        flipped = ops[:i] + ("-" if op == "+" else "+",) + ops[i + 1 :]
+        variants.append((operands, flipped))
+        for wrong in (b - 1, b + 1):
+            if wrong >= 1:
+                variants.append((operands[: i + 1] + (wrong,) + operands[i + 2 :], ops))
+    valid = [v for v in variants if min(running_totals(v)) >= 0]
+    return rng.choice(valid)
+
+
+def make_problem(expr: Expr, pid: str) -> Problem:
+    totals = running_totals(expr)
+    return Problem(pid, question_text(expr), str(totals[-1]), steps_text(expr, totals))
+
+
+def _exprs(n: int, seed: int, task: TaskParams, exclude: frozenset[str], unique: bool) -> list[Expr]:
+    rng, out, seen = random.Random(seed), [], set()
+    budget = 1000 * n + 1000
+    while len(out) < n:
+        budget -= 1
+        if budget < 0:
+            raise ValueError(f"cannot draw {n} distinct problems from {task} outside the held-out set")
+        expr = draw_expr(rng, task)
+        key = canonical_key(question_text(expr))
+        if key in exclude or (unique and key in seen):
+            continue
+        seen.add(key)
+        out.append(expr)
+    return out
+
+
+def generate_problems(
+    n: int, seed: int, task: TaskParams | None = None, *, unique: bool = False, prefix: str = "arith"
+) -> list[Problem]:
+    """``n`` training problems drawn with ``seed``, none of them in the held-out set."""
+    exprs = _exprs(n, seed, task or TaskParams(), heldout_keys(), unique)
+    return [make_problem(e, f"{prefix}-{seed}-{i}") for i, e in enumerate(exprs)]
+
+
+def rl_prompts(n: int, seed: int, task: TaskParams | None = None) -> list[Problem]:
+    """A set of ``n`` distinct RL prompts (held-out problems excluded)."""
+    return generate_problems(n, seed, task, unique=True, prefix="rl")
+
+
+def corpus_document(expr: Expr, form: str, rng: random.Random) -> str:
+    """One pretraining document (without EOS) in one of the corpus forms."""
+    q, totals = question_text(expr), running_totals(expr)
+    steps, answer = steps_text(expr, totals), str(totals[-1])
+    if form == "r1":
+        return render_prompt(q, "r1") + r1_completion(steps, answer)
+    prompt = render_prompt(q, "r1_zero")
+    if form == "clean":
+        return prompt + r1_zero_completion(steps, answer)
+    if form == "slip":
+        wrong = misread(expr, rng)
+        totals = running_totals(wrong)
+        return prompt + r1_zero_completion(steps_text(wrong, totals), str(totals[-1]))
+    if form in ("guess", "bare"):
+        guessed = str(max(0, totals[-1] + rng.randint(-GUESS_SPREAD, GUESS_SPREAD)))
+        if form == "bare":
+            return prompt + f" The answer is {guessed}."
+        return prompt + r1_zero_completion(GUESS_REASONING, guessed)
+    if form == "untagged":
+        return prompt + f" {steps} The answer is {answer}."
+    raise ValueError(f"unknown corpus form {form!r}")
+
+
+def pretraining_corpus(n_docs: int, seed: int, mix: CorpusMix, task: TaskParams | None = None) -> list[str]:
+    """``n_docs`` documents (EOS not included) mixed as ``mix`` says; held-out problems excluded."""
+    rng = random.Random(f"corpus-forms-{seed}")
+    forms = ("clean", "slip", "guess", "untagged", "bare")
+    weights = (mix.clean, mix.slip, mix.guess, mix.untagged, mix.bare)
+    docs = []
+    for expr in _exprs(n_docs, seed, task or TaskParams(), heldout_keys(), unique=False):
+        form = "r1" if rng.random() < mix.r1_fraction else rng.choices(forms, weights)[0]
+        docs.append(corpus_document(expr, form, rng))
+    return docs
+
+
+def heldout_problems(n: int, seed: int, task: TaskParams | None = None) -> list[Problem]:
+    """Distinct problems drawn as the held-out set is (no exclusions)."""
+    exprs = _exprs(n, seed, task or TaskParams(), frozenset(), unique=True)
+    return [make_problem(e, f"heldout-{i:04d}") for i, e in enumerate(exprs)]
+
+
+def heldout_jsonl() -> str:
+    """The exact text of the held-out file: ``HELDOUT_SIZE`` problems from ``HELDOUT_SEED`` and
+    ``HELDOUT_TASK`` (``scripts/make_heldout.py`` writes it once; ``HELDOUT_SHA256`` pins it)."""
+    rows = heldout_problems(HELDOUT_SIZE, HELDOUT_SEED, HELDOUT_TASK)
+    return "".join(json.dumps(p.row(), sort_keys=True) + "\n" for p in rows)
+
+
+def load_heldout() -> list[dict[str, str]]:
+    """Held-out rows ``{"id", "question", "answer"}``; raises if the file's sha256 is not the pinned one."""
+    data = HELDOUT_PATH.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != HELDOUT_SHA256:
+        raise ValueError(f"{HELDOUT_PATH} sha256 is {digest}, expected {HELDOUT_SHA256}")
+    return [json.loads(line) for line in data.decode().splitlines() if line.strip()]
+
+
+_HELDOUT_KEYS: frozenset[str] | None = None
+
+
+def heldout_keys() -> frozenset[str]:
+    """Canonical expressions of the held-out problems (cached)."""
+    global _HELDOUT_KEYS
+    if _HELDOUT_KEYS is None:
+        _HELDOUT_KEYS = frozenset(canonical_key(r["question"]) for r in load_heldout())
+    return _HELDOUT_KEYS

@@ -1,0 +1,76 @@
+"""Bad input fails before expensive work, with a message naming the input, leaving nothing behind."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from r1flow.launcher import EXIT_INPUT_ERROR
+from tests.conftest import r1flow
+from tests.s3server import free_port
+
+
+def _no_artifacts(home):
+    store = home / "store"
+    return not store.exists() or not any(store.rglob("manifest.json"))
+
+
+@pytest.mark.parametrize("content, message", [
+    ("", "empty"),
+    ('{"question": "1 + 2", "answer": "3"}\n', ":1: missing field 'completion'"),
+    ('{"question": "1 + 2", "answer": 3, "completion": "x"}\n', ":1: field 'answer'"),
+    ('{"question": "1 + 2", "answer": "3", "completion": "x"}\nnot json\n', ":2: invalid JSON"),
+])
+def test_malformed_dataset_rows_name_file_and_line(tmp_path, content, message):
+    data = tmp_path / "cot.jsonl"
+    data.write_text(content)
+    out = r1flow(["run", "--preset", "micro", "--set", f"cold_start.sources=[{data}]"], tmp_path / "home")
+    assert out.returncode == EXIT_INPUT_ERROR, out.stdout + out.stderr
+    assert "cold_start.sources.0" in out.stderr and str(data) in out.stderr
+    assert message in out.stderr, out.stderr
+    assert _no_artifacts(tmp_path / "home")
+
+
+def test_unknown_reward_is_named(tmp_path):
+    out = r1flow(["run", "--preset", "micro", "--set",
+                  "final_rl.prompts=[{source: arith, rewards: [{name: helpfulness}]}]"], tmp_path)
+    assert out.returncode == EXIT_INPUT_ERROR
+    assert "final_rl.prompts.0.rewards.0.name" in out.stderr and "helpfulness" in out.stderr
+
+
+def test_missing_model_path_is_named(tmp_path):
+    out = r1flow(["run", "--preset", "micro", "--set", "base.teacher.source=/nonexistent/model"], tmp_path)
+    assert out.returncode == EXIT_INPUT_ERROR
+    assert "base.teacher.source" in out.stderr and "/nonexistent/model" in out.stderr
+
+
+def test_invalid_preset_value_is_named(tmp_path):
+    out = r1flow(["run", "--preset", "micro", "--set", "reasoning_rl.grpo.group_size=1"], tmp_path)
+    assert out.returncode == EXIT_INPUT_ERROR
+    assert "reasoning_rl.grpo.group_size" in out.stderr
+
+
+def test_unreachable_s3_endpoint_fails_fast(tmp_path):
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    started = time.time()
+    out = r1flow(["run", "--preset", "micro", "--set", "store.root=s3://r1flow/runs",
+                  "--set", f"store.s3_endpoint_url={endpoint}"], tmp_path,
+                 AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
+    assert out.returncode == EXIT_INPUT_ERROR
+    assert endpoint in out.stderr and "store.root" in out.stderr
+    assert time.time() - started < 60
+
+
+def test_stage_process_refuses_a_missing_input_with_exit_code_2(tmp_path):
+    from r1flow.stages.runner import main
+    from r1flow.store import ArtifactRef
+
+    spec = {"stage": "sft", "config": {}, "output_key": "artifacts/sft/x", "store_root": str(tmp_path / "store"),
+            "inputs": {"base": ArtifactRef(uri=(tmp_path / "store" / "nope").as_uri(), digest="0" * 64).model_dump(),
+                       "data": ArtifactRef(uri=(tmp_path / "store" / "nada").as_uri(), digest="0" * 64).model_dump()}}
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(spec))
+    assert main([str(path)]) == EXIT_INPUT_ERROR
+    assert _no_artifacts(tmp_path)

@@ -1,0 +1,57 @@
+"""Configs: every shipped preset validates; overrides layer; invalid values name their field."""
+
+from __future__ import annotations
+
+import pytest
+
+from r1flow.config import ConfigError, PipelineConfig, apply_set, load_config, presets
+
+
+@pytest.mark.parametrize("preset", presets())
+def test_every_preset_validates(preset):
+    cfg = load_config(preset)
+    assert isinstance(cfg, PipelineConfig) and cfg.preset == preset
+
+
+def test_presets_include_micro_and_tiny():
+    assert {"micro", "tiny"} <= set(presets())
+
+
+def test_set_overrides_nested_values():
+    cfg = load_config("micro", sets=["reasoning_rl.grpo.lr=0.0002", "evaluate.k=3"])
+    assert cfg.reasoning_rl.grpo.lr == 0.0002 and cfg.evaluate.k == 3
+
+
+def test_invalid_value_names_the_field():
+    with pytest.raises(ConfigError, match=r"reasoning_rl\.grpo\.lr"):
+        load_config("micro", sets=["reasoning_rl.grpo.lr=-1"])
+
+
+def test_unknown_field_and_reward_are_refused():
+    with pytest.raises(ConfigError, match=r"sft\.train\.learning_rate"):
+        load_config("micro", sets=["sft.train.learning_rate=0.1"])
+    with pytest.raises(ConfigError, match="unknown reward 'helpfulness'"):
+        load_config("micro", sets=["reasoning_rl.prompts=[{source: arith, rewards: [{name: helpfulness}]}]"])
+
+
+def test_unknown_preset_lists_the_available_ones():
+    with pytest.raises(ConfigError, match="unknown preset 'huge'.*micro"):
+        load_config("huge")
+
+
+def test_config_file_overrides_preset(tmp_path):
+    f = tmp_path / "over.yaml"
+    f.write_text("seed: 7\nsft: {train: {epochs: 3}}\n")
+    cfg = load_config("micro", f)
+    assert cfg.seed == 7 and cfg.sft.train.epochs == 3
+    assert cfg.sft.train.max_steps == 10  # the preset's value survives the deep merge
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        load_config("micro", bad)
+
+
+def test_apply_set_parses_yaml_values():
+    assert apply_set({}, "a.b=[1, 2]") == {"a": {"b": [1, 2]}}
+    with pytest.raises(ConfigError):
+        apply_set({}, "no-equals-sign")

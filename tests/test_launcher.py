@@ -1,0 +1,72 @@
+"""Stage processes: events are parsed, exit codes classified, and a cancelled stage leaves no orphan."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+
+import pytest
+
+from r1flow.launcher import (EXIT_INPUT_ERROR, StageCrashed, StageInputError, check_exit, kill_all,
+                             run_process)
+
+CHILD = """
+import os, subprocess, sys, time
+from r1flow.events import emit
+grandchild = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+emit("log", message="started", grandchild=grandchild.pid)
+print("plain line")
+time.sleep(120)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is dead for our purposes
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_events_and_plain_lines_are_separated():
+    events, lines = [], []
+    code = run_process([sys.executable, "-c",
+                        "from r1flow.events import emit; emit('metrics', step=1, values={'loss': 1.0}); print('x')"],
+                       on_event=events.append, on_line=lines.append)
+    assert code == 0
+    assert events == [{"event": "metrics", "step": 1, "values": {"loss": 1.0}}] and lines == ["x"]
+
+
+def test_exit_codes_tell_input_errors_from_crashes():
+    check_exit(0, "sft", None)
+    with pytest.raises(StageInputError, match="refused"):
+        check_exit(EXIT_INPUT_ERROR, "sft", "bad row")
+    with pytest.raises(StageCrashed, match="exit code -9"):
+        check_exit(-9, "sft", None)
+
+
+def test_cancelling_kills_the_whole_process_group():
+    events = []
+    result = {}
+    t = threading.Thread(target=lambda: result.setdefault(
+        "code", run_process([sys.executable, "-c", CHILD], on_event=events.append)))
+    t.start()
+    deadline = time.time() + 30
+    while not events and time.time() < deadline:
+        time.sleep(0.1)
+    assert events, "the child never reported"
+    grandchild = events[0]["grandchild"]
+    assert _alive(grandchild)
+    kill_all()  # what SIGTERM to the orchestrator does
+    t.join(timeout=30)
+    assert not t.is_alive()
+    deadline = time.time() + 10
+    while _alive(grandchild) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not _alive(grandchild), "grandchild orphaned"

@@ -1,0 +1,120 @@
+"""The ``micro`` pipeline end to end through Prefect, MLflow and the local store.
+
+One real run of the whole DAG (each stage its own process), then a second run with the same
+config that must skip every stage as ``Cached`` in the Prefect API and start no stage process,
+then a changed stage config that re-runs exactly that stage and those downstream.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from r1flow.config import STAGES
+from tests.conftest import REPO, cli_env, r1flow
+
+DOWNSTREAM_OF_SFT = {"sft", "final_rl"}
+
+PREFECT_STATES = """
+import asyncio, json, sys
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+async def main(flow_run_id):
+    async with get_client() as client:
+        runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+        flow_run = await client.read_flow_run(flow_run_id)
+        print(json.dumps({"flow": flow_run.state.name,
+                          "tasks": {r.name: r.state.name for r in runs}}))
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+def _mlflow(home):
+    from r1flow import mlflow_runs
+
+    return mlflow_runs, f"sqlite:///{home / 'mlflow.db'}"
+
+
+def _flow_run_id(stdout: str) -> str:
+    return next(line.split()[-1] for line in stdout.splitlines() if line.startswith("Prefect flow run:"))
+
+
+def _prefect_states(home, flow_run_id: str) -> dict:
+    out = subprocess.run([sys.executable, "-c", PREFECT_STATES, flow_run_id], cwd=REPO, env=cli_env(home),
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def micro_home(tmp_path_factory):
+    home = tmp_path_factory.mktemp("r1flow-home")
+    first = r1flow(["run", "--preset", "micro", "--name", "first"], home)
+    assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
+    return home, first
+
+
+def test_micro_pipeline_tracks_every_stage(micro_home):
+    home, first = micro_home
+    mlflow_runs, uri = _mlflow(home)
+    parent = mlflow_runs.find_pipeline_runs(uri, "first")[0]
+    assert parent.info.status == "FINISHED"
+    children = mlflow_runs.child_runs(uri, parent)
+    assert sorted(c.data.tags[mlflow_runs.TAG_STAGE] for c in children) == sorted(STAGES)
+    assert all(c.info.status == "FINISHED" for c in children)
+    for child in children:
+        tags = child.data.tags
+        assert tags["r1flow.git_commit"] and tags["r1flow.lock_digest"]
+        assert child.data.params, "stage config logged as params"
+        assert any(k.startswith("eval/") for k in child.data.metrics) or tags[mlflow_runs.TAG_STAGE] in (
+            "rejection_sampling", "reward_model")
+    rl = next(c for c in children if c.data.tags[mlflow_runs.TAG_STAGE] == "reasoning_rl")
+    for key in ("reward/mean", "reward/accuracy/mean", "reward/language/mean", "clip_fraction",
+                "response_length/mean", "eval/arith_heldout/pass_at_1", "eval_gain/arith_heldout/pass_at_1"):
+        assert key in rl.data.metrics, key
+    states = _prefect_states(home, _flow_run_id(first.stdout))
+    assert states["flow"] == "Completed"
+    assert set(states["tasks"].values()) == {"Completed"}
+
+
+def test_every_artifact_has_a_verified_manifest(micro_home):
+    home, _ = micro_home
+    from r1flow.store import open_store
+
+    store = open_store(home / "store")
+    keys = [k for k in store.keys("artifacts/")]
+    stages = {k.split("/")[1] for k in keys}
+    assert stages == set(STAGES)
+    for key in keys:
+        assert store.verify(key, deep=True), key
+
+
+def test_second_run_is_cached_and_starts_no_stage(micro_home):
+    home, _ = micro_home
+    second = r1flow(["run", "--preset", "micro", "--name", "second"], home)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    states = _prefect_states(home, _flow_run_id(second.stdout))
+    assert states["tasks"] and set(states["tasks"].values()) == {"Cached"}, states
+    mlflow_runs, uri = _mlflow(home)
+    parent = mlflow_runs.find_pipeline_runs(uri, "second")[0]
+    assert mlflow_runs.child_runs(uri, parent) == []  # no stage process, no stage run
+    assert {parent.data.tags[f"r1flow.stage.{s}.state"] for s in STAGES} == {"cached"}
+    status = r1flow(["status", "second"], home)
+    assert status.returncode == 0 and status.stdout.count("cached") == len(STAGES), status.stdout
+
+
+def test_changed_stage_reruns_it_and_downstream_only(micro_home):
+    home, _ = micro_home
+    third = r1flow(["run", "--preset", "micro", "--name", "third", "--set", "sft.train.lr=0.0004"], home)
+    assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
+    mlflow_runs, uri = _mlflow(home)
+    parent = mlflow_runs.find_pipeline_runs(uri, "third")[0]
+    states = {s: parent.data.tags[f"r1flow.stage.{s}.state"] for s in STAGES}
+    assert {s for s, v in states.items() if v == "done"} == DOWNSTREAM_OF_SFT, states
+    report = r1flow(["report", "first"], home)
+    assert report.returncode == 0 and "| reasoning_rl |" in report.stdout, report.stdout
