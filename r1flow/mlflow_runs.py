@@ -98,7 +98,8 @@ def find_pipeline_runs(uri: str, name: str | None = None, experiment: str = EXPE
     if exp is None:
         return []
     query = f"tags.`{TAG_NAME}` = '{name}'" if name else f"tags.`{TAG_NAME}` != ''"
-    return list(c.search_runs([exp.experiment_id], filter_string=query, order_by=["start_time DESC"]))
+    runs = c.search_runs([exp.experiment_id], filter_string=query, order_by=["start_time DESC"])
+    return [r for r in runs if "mlflow.parentRunId" not in r.data.tags]  # stage runs carry the tag too
 
 
 def child_runs(uri: str, parent_run) -> list:
