@@ -17,10 +17,10 @@ from typing import Any, TextIO
 PREFIX = "@r1flow "
 
 
-def emit(kind: str, stream: TextIO | None = None, **data: Any) -> None:
+def emit(event: str, stream: TextIO | None = None, **data: Any) -> None:
     """Write one event line and flush, so the orchestrator sees it at once."""
     out = stream or sys.stdout
-    out.write(PREFIX + json.dumps({"event": kind, **data}, default=str) + "\n")
+    out.write(PREFIX + json.dumps({"event": event, **data}, default=str) + "\n")
     out.flush()
 
 

@@ -118,3 +118,18 @@ def test_changed_stage_reruns_it_and_downstream_only(micro_home):
     assert {s for s, v in states.items() if v == "done"} == DOWNSTREAM_OF_SFT, states
     report = r1flow(["report", "first"], home)
     assert report.returncode == 0 and "| reasoning_rl |" in report.stdout, report.stdout
+
+
+def test_deleted_artifact_is_detected_and_its_stage_reruns(micro_home):
+    home, _ = micro_home
+    from r1flow.store import MANIFEST
+
+    distill = next((home / "store" / "artifacts" / "distill").iterdir())
+    (distill / MANIFEST).unlink()  # the artifact no longer exists
+    fourth = r1flow(["run", "--preset", "micro", "--name", "fourth"], home)
+    assert fourth.returncode == 0, fourth.stdout[-3000:] + fourth.stderr[-3000:]
+    mlflow_runs, uri = _mlflow(home)
+    parent = mlflow_runs.find_pipeline_runs(uri, "fourth")[0]
+    states = {s: parent.data.tags[f"r1flow.stage.{s}.state"] for s in STAGES}
+    assert {s for s, v in states.items() if v == "done"} == {"distill"}, states
+    assert (distill / MANIFEST).exists()
