@@ -12,14 +12,6 @@ ARCH = ModelArch(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, inte
 PROMPTS = ["Compute 1 + 2.", "Compute 12 + 7 - 3 and show the steps.", "Hi"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models run fastest on one thread; two threads on a busy 2-core machine spin (7-90x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def tokenizer():

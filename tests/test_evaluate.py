@@ -29,14 +29,6 @@ PROBLEMS = [  # a model that always answers 5 gets 3 of 4 right
 ALWAYS_FIVE = " I add. </think> The answer is \\boxed{5}."
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models run fastest on one thread; two threads on a busy 2-core machine spin (7-90x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 # --- pure math, hand-derived ---------------------------------------------------------------
 

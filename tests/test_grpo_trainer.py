@@ -29,15 +29,6 @@ ARCH = ModelArch(hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=1, inte
 PROMPTS = [{"prompt": f"q {i} {'b' * (i % 3)} =", "gold": str(i), "source": "toy"} for i in range(12)]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine they lose a lot."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tok():
     return train_tokenizer(["a b c d e f g 1 2 3 + = q <think> </think> bb"] * 20, 280)

@@ -21,14 +21,6 @@ RM_ARCH = ModelArch(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, i
                     max_positions=128)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models run fastest on one thread; two threads on a busy 2-core machine spin (7-90x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def test_bradley_terry_loss_hand_values():
     # equal rewards: -log σ(0) = log 2; margin 2: -log σ(2) = log(1 + e^-2) = 0.126928

@@ -15,14 +15,13 @@ how to turn the stored answer into the gold string. Malformed files fail with a 
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from r1flow.data.io import DatasetError, parse_row
+from r1flow.data.io import DatasetError, jsonl_lines, parse_row
 
 ARITH_HELDOUT = "arith_heldout"
 
@@ -71,7 +70,7 @@ def load_benchmark(name_or_path: str | os.PathLike[str], fmt: str | None = None)
     if str(name_or_path) in FORMATS and not path.exists():
         raise ValueError(f"benchmark {str(name_or_path)!r} is read from a local JSONL file: pass its path "
                          f"(e.g. data/{name_or_path}/test.jsonl); nothing is downloaded")
-    lines = _read_lines(path)
+    lines = jsonl_lines(path, "benchmark file")
     fmt = fmt or _detect_format(lines, path)
     if fmt not in FORMATS:
         raise ValueError(f"unknown benchmark format {fmt!r}; known: {sorted(FORMATS)}")
@@ -108,27 +107,6 @@ def benchmark_name(name_or_path: str | os.PathLike[str]) -> str:
     path = split_spec(name_or_path)[1]
     raw = f"{path.parent.name}_{path.stem}" if path.parent.name else path.stem
     return re.sub(r"[^\w.\-]+", "_", raw)
-
-
-def _read_lines(path: Path) -> list[tuple[int, str]]:
-    """Non-blank (line number, text) pairs; errors name the file (and line for bad UTF-8)."""
-    try:
-        raw_lines = path.read_bytes().splitlines()
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise DatasetError(f"{path}: is a directory, not a JSONL file") from None
-    lines = []
-    for number, raw in enumerate(raw_lines, start=1):
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as err:
-            raise DatasetError(f"{path}:{number}: not UTF-8 ({err.reason} at byte {err.start})") from None
-        if text.strip():
-            lines.append((number, text))
-    if not lines:
-        raise DatasetError(f"{path}: empty benchmark file (no rows)")
-    return lines
 
 
 def _detect_format(lines: list[tuple[int, str]], path: Path) -> str:

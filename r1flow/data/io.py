@@ -63,11 +63,8 @@ def parse_row(text: str, required: Mapping[str, FieldType], where: str) -> dict[
     return row
 
 
-def read_jsonl(path: str | os.PathLike[str], required: Mapping[str, FieldType]) -> list[dict[str, Any]]:
-    """Read a JSONL file whose every row has the ``required`` fields with the given types.
-
-    Blank lines are skipped; a file with no rows is an error. Extra fields are kept.
-    """
+def jsonl_lines(path: str | os.PathLike[str], what: str = "dataset") -> list[tuple[int, str]]:
+    """The non-blank (line number, text) pairs of a JSONL file; errors name the file (and line)."""
     path = Path(path)
     try:
         raw_lines = path.read_bytes().splitlines()
@@ -75,18 +72,25 @@ def read_jsonl(path: str | os.PathLike[str], required: Mapping[str, FieldType]) 
         raise DatasetError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise DatasetError(f"{path}: is a directory, not a JSONL file") from None
-    rows = []
+    lines = []
     for number, raw in enumerate(raw_lines, start=1):
-        where = f"{path}:{number}"
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as err:
-            raise DatasetError(f"{where}: not UTF-8 ({err.reason} at byte {err.start})") from None
+            raise DatasetError(f"{path}:{number}: not UTF-8 ({err.reason} at byte {err.start})") from None
         if text.strip():
-            rows.append(parse_row(text, required, where))
-    if not rows:
-        raise DatasetError(f"{path}: empty dataset (no rows)")
-    return rows
+            lines.append((number, text))
+    if not lines:
+        raise DatasetError(f"{path}: empty {what} (no rows)")
+    return lines
+
+
+def read_jsonl(path: str | os.PathLike[str], required: Mapping[str, FieldType]) -> list[dict[str, Any]]:
+    """Read a JSONL file whose every row has the ``required`` fields with the given types.
+
+    Blank lines are skipped; a file with no rows is an error. Extra fields are kept.
+    """
+    return [parse_row(text, required, f"{path}:{number}") for number, text in jsonl_lines(path)]
 
 
 def write_jsonl(path: str | os.PathLike[str], rows: Iterable[Mapping[str, Any]]) -> Path:
