@@ -61,30 +61,58 @@ def test_clean_worked_steps_are_right_and_end_at_the_answer():
     assert (p.question, p.answer, p.solution_steps) == ("Compute 12 + 7 - 3", "16", "12 plus 7 is 19. 19 minus 3 is 16.")
 
 
+def chain(text: str) -> list[tuple[int, str, int, int]]:
+    """The worked steps in ``text`` as (left, op, operand, result); each must be true arithmetic."""
+    steps = [(int(a), "+" if w == "plus" else "-", int(b), int(r)) for a, w, b, r in STEP.findall(text)]
+    assert all(r == (a + b if op == "+" else a - b) for a, op, b, r in steps), text  # never a false fact
+    return steps
+
+
+def follows(question: str, steps: list[tuple[int, str, int, int]]) -> bool:
+    """Whether the steps read the question right (same operands and operators, in order)."""
+    tokens = question.removeprefix("Compute ").split()
+    operands, ops = [int(t) for t in tokens[::2]], tokens[1::2]
+    return [(op, b) for _, op, b, _ in steps] == list(zip(ops, operands[1:])) and steps[0][0] == operands[0]
+
+
 def test_corpus_forms_have_the_intended_errors_and_tags():
-    mix = CorpusMix(clean=0.25, slip=0.25, guess=0.25, untagged=0.25, r1_fraction=0.2)
-    docs = pretraining_corpus(800, 5, mix)
-    counts = {"clean": 0, "slip": 0, "guess": 0, "untagged": 0, "r1": 0}
+    mix = CorpusMix(clean=0.2, slip=0.2, guess=0.2, untagged=0.2, bare=0.2, r1_fraction=0.2)
+    docs = pretraining_corpus(1000, 5, mix)
+    counts = dict.fromkeys(("clean", "slip", "guess", "untagged", "bare", "r1"), 0)
     for doc in docs:
         question = QUESTION.search(doc).group(1)
+        truth = eval(canonical_key(question))
         completion = doc.split("Assistant:", 1)[1]
-        if completion.startswith(" <think>") and "<answer>" in completion:
-            answer = re.search(r"<answer> (\d+) </answer>$", completion).group(1)
-            if arith.GUESS_REASONING in completion:
+        if "<answer>" in completion:
+            answer = int(re.search(r"<answer> (\d+) </answer>$", completion).group(1))
+            if arith.GUESS_REASONING in completion:  # a guess: no working, an answer near the truth
                 counts["guess"] += 1
-                assert answer == str(eval(canonical_key(question)))
+                assert abs(answer - truth) <= arith.GUESS_SPREAD
                 continue
-            ok = check_steps(question, completion)
-            counts["clean" if all(ok) else "slip"] += 1
-            assert all(ok) or (ok.count(False) == 1 and answer != str(eval(canonical_key(question))))
+            steps = chain(completion)
+            assert steps[-1][3] == answer
+            if follows(question, steps):
+                counts["clean"] += 1
+                assert answer == truth
+            else:  # a slip: one misread step, carried to a wrong answer
+                counts["slip"] += 1
+                assert answer != truth
         elif "\\boxed{" in completion:
             counts["r1"] += 1
-            assert doc.startswith("User: ") and all(check_steps(question, completion))
-        else:
-            counts["untagged"] += 1
-            assert "<think>" not in completion and all(check_steps(question, completion))
-    # 800 docs: about 160 r1 and 160 of each other form; every form is present in quantity
-    assert all(60 < n < 260 for n in counts.values()), counts
+            assert doc.startswith("User: ") and follows(question, chain(completion))
+            assert completion.rstrip().endswith(f"\\boxed{{{truth}}}.")
+        else:  # no tags: worked steps then the answer, or a bare near-miss answer
+            assert "<think>" not in completion
+            steps = chain(completion)
+            if steps:
+                counts["untagged"] += 1
+                assert follows(question, steps) and steps[-1][3] == truth
+            else:
+                counts["bare"] += 1
+                guessed = int(re.search(r"The answer is (\d+)\.$", completion).group(1))
+                assert abs(guessed - truth) <= arith.GUESS_SPREAD
+    # 1000 docs: about 200 r1 and 160 of each other form; every form is present in quantity
+    assert all(80 < n < 300 for n in counts.values()), counts
 
 
 def test_heldout_file_matches_its_pinned_digest_and_regenerates_exactly():
