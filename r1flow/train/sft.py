@@ -96,8 +96,8 @@ def encode(examples: list[dict], tokenizer, max_len: int, completion_only: bool)
     rows = []
     for p_ids, c_ids in zip(prompt_ids, completions):
         c_ids = c_ids + [tokenizer.eos_token_id]
-        masked = len(p_ids) if completion_only else 0
-        rows.append(((p_ids + c_ids)[:max_len], ([IGNORE] * masked + c_ids)[:max_len]))
+        labels = [IGNORE] * len(p_ids) + c_ids if completion_only else p_ids + c_ids
+        rows.append(((p_ids + c_ids)[:max_len], labels[:max_len]))
     return rows
 
 
