@@ -27,8 +27,7 @@ from tasks.stage import invalidate_stale, run_stage
 
 
 class PipelineRun:
-    def __init__(self, config: PipelineConfig, name: str, refresh: list[str] | None = None,
-                 parent_run_id: str | None = None) -> None:
+    def __init__(self, config: PipelineConfig, name: str, refresh: list[str] | None = None) -> None:
         self.config = config
         self.refresh = set(refresh or [])
         unknown = self.refresh - set(config.stage_names())
@@ -40,13 +39,14 @@ class PipelineRun:
                                flow_run_url=_flow_run_url())
         preflight(config, self.runtime.store_root)  # bad input fails before any stage starts
         self.exp_id = self.runtime.experiment_id()
-        self.parent_run_id = parent_run_id or mlflow_runs.start_run(
+        self.parent_run_id = mlflow_runs.start_run(
             self.runtime.tracking_uri, self.exp_id, name,
             tags={**self.runtime.tags(), "r1flow.preset": config.preset or "custom"})
         self.runtime.parent_run_id = self.parent_run_id
         mlflow_runs.log_params(self.runtime.tracking_uri, self.parent_run_id,
                                mlflow_runs.flatten(config.model_dump(mode="json")))
         self.refs: dict[str, ArtifactRef] = {}
+        self.result_storage = _saved_result_storage(str(self.runtime.results_dir))
 
     def stage(self, name: str, **inputs: ArtifactRef) -> ArtifactRef:
         """Run (or reuse) one stage and return its artifact."""
@@ -58,7 +58,7 @@ class PipelineRun:
         self._record(name, state="running",
                      inputs=json.dumps({k: v.uri for k, v in inputs.items()}, sort_keys=True))
         started = time.time()
-        task = run_stage.with_options(result_storage=self._result_storage(),
+        task = run_stage.with_options(result_storage=self.result_storage,
                                       refresh_cache=name in self.refresh)
         state = task(name, key, config, inputs, self.runtime, return_state=True)
         if not state.is_completed():
@@ -70,15 +70,6 @@ class PipelineRun:
                      run=ref.meta.get("mlflow_run_id", ""), seconds=f"{time.time() - started:.1f}")
         self.refs[name] = ref
         return ref
-
-    def _result_storage(self) -> str:
-        """Prefect's cache records beside the store, as a saved block (Prefect requires one)."""
-        if not hasattr(self, "_storage_ref"):
-            path = str(self.runtime.results_dir)
-            name = "r1flow-results-" + hashlib.sha256(path.encode()).hexdigest()[:12]
-            LocalFileSystem(basepath=path).save(name, overwrite=True)
-            self._storage_ref = f"local-file-system/{name}"
-        return self._storage_ref
 
     def _record(self, stage: str, **fields: str) -> None:
         mlflow_runs.set_tags(self.runtime.tracking_uri, self.parent_run_id,
@@ -97,6 +88,13 @@ class PipelineRun:
         return {"mlflow_parent_run": self.parent_run_id, "tracking_uri": self.runtime.tracking_uri,
                 "experiment_id": self.exp_id, "flow_run": self.runtime.flow_run_url,
                 "artifacts": {k: v.uri for k, v in self.refs.items()}}
+
+
+def _saved_result_storage(path: str) -> str:
+    """Prefect's cache records beside the store, as a saved block (Prefect requires one)."""
+    name = "r1flow-results-" + hashlib.sha256(path.encode()).hexdigest()[:12]
+    LocalFileSystem(basepath=path).save(name, overwrite=True)
+    return f"local-file-system/{name}"
 
 
 def _flow_run_url() -> str | None:

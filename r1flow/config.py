@@ -91,7 +91,6 @@ class RLConfig(Section):
     grpo: GRPOParams = Field(default_factory=GRPOParams)
     engine: Literal["hf", "vllm"] = Field("hf", description="rollout generation engine")
     eval_every: int = Field(0, ge=0, description="steps between held-out evaluations (0: end only)")
-    num_processes: int = Field(1, ge=1, description="ranks (accelerate launch when > 1)")
 
 
 class ColdStartConfig(Section):

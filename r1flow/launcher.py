@@ -31,11 +31,8 @@ class StageCrashed(RuntimeError):
     """The stage process died (crash, kill, lost node); a retry resumes it."""
 
 
-def stage_command(spec_path: Path, num_processes: int = 1) -> list[str]:
-    """The command line that runs one stage: plain python, or accelerate for several ranks."""
-    if num_processes > 1:
-        return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
-                "--num_processes", str(num_processes), "-m", "r1flow.stages", str(spec_path)]
+def stage_command(spec_path: Path) -> list[str]:
+    """The command line that runs one stage (one process; multi-process launch comes later)."""
     return [sys.executable, "-m", "r1flow.stages", str(spec_path)]
 
 

@@ -65,9 +65,6 @@ class Runtime(BaseModel):
     def stage_runtime(self) -> dict[str, Any]:
         return dict(self.shared)
 
-    def num_processes(self, config: dict[str, Any]) -> int:
-        return int(config.get("num_processes", 1) or 1)
-
     def stage_env(self) -> dict[str, str]:
         threads = str(self.shared.get("threads", 2))
         return {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1",
