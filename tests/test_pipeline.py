@@ -133,3 +133,12 @@ def test_deleted_artifact_is_detected_and_its_stage_reruns(micro_home):
     states = {s: parent.data.tags[f"r1flow.stage.{s}.state"] for s in STAGES}
     assert {s for s, v in states.items() if v == "done"} == {"distill"}, states
     assert (distill / MANIFEST).exists()
+
+
+def test_one_stage_flow_reuses_the_inputs_of_a_named_run(micro_home):
+    home, _ = micro_home
+    out = r1flow(["stage", "distill", "--preset", "micro", "--name", "first", "--refresh"], home)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "distill" in out.stdout and "artifacts/distill/" in out.stdout
+    missing = r1flow(["stage", "sft", "--preset", "micro", "--name", "never-ran"], home)
+    assert missing.returncode == 2 and "never-ran" in missing.stderr
