@@ -47,7 +47,7 @@ def _prompts(src: PromptSource, ctx: StageContext) -> list[dict[str, str]]:
 
 
 def mix_sources(lists: list[list[dict]], weights: list[float]) -> list[dict]:
-    """Interleave prompt lists so that uniform sampling draws source i with share weights[i]."""
+    """Repeat each source's prompts so that uniform sampling draws source i with share weights[i]."""
     total = sum(weights)
     length = max(math.ceil(len(rows) * total / w) for rows, w in zip(lists, weights))
     mixed = []
