@@ -23,22 +23,30 @@ from r1flow.data.arith import (
     rl_prompts,
 )
 
-STEP = re.compile(r"(\d+) (plus|minus) (\d+) is (\d+)\.")
 QUESTION = re.compile(r"User: (Compute [0-9+\- ]+?)(?:\. Assistant:|\nAssistant:)")
+CHAIN = re.compile(r"\d+(?: (?:plus|minus) \d+)*(?: is \d+(?: (?:plus|minus) \d+)*)+\.")
+WORDS = {"plus": "+", "minus": "-"}
 
 
-def check_steps(question: str, steps: str) -> list[bool]:
-    """Per step, whether it is right; also asserts the steps follow the question's chain."""
-    tokens = question.removeprefix("Compute ").split()
-    operands, ops = [int(t) for t in tokens[::2]], tokens[1::2]
-    found = STEP.findall(steps)
-    assert len(found) == len(ops), (question, steps)
-    left, ok = operands[0], []
-    for (a, word, b, result), op, operand in zip(found, ops, operands[1:]):
-        assert int(a) == left and int(b) == operand and word == arith.OP_WORDS[op]
-        ok.append(int(result) == (left + operand if op == "+" else left - operand))
-        left = int(result)
-    return ok
+def parse(spoken: str) -> tuple[list[int], list[str]]:
+    """``12 minus 3 plus 8`` -> ([12, 3, 8], ["-", "+"])."""
+    tokens = spoken.split()
+    return [int(t) for t in tokens[::2]], [WORDS[t] for t in tokens[1::2]]
+
+
+def chain_is_right(chain: str) -> tuple[list[int], list[str]]:
+    """Checks that each expression of ``a op b op c is ... is R.`` folds the previous one's first
+    two numbers correctly; returns the expression the chain starts from."""
+    parts = [parse(p) for p in chain.rstrip(".").split(" is ")]
+    for (nums, ops), (nxt, nxt_ops) in zip(parts, parts[1:]):
+        folded = nums[0] + nums[1] if ops[0] == "+" else nums[0] - nums[1]
+        assert (nxt, nxt_ops) == ([folded] + nums[2:], ops[1:]), chain
+    assert len(parts[-1][0]) == 1, chain
+    return parts[0]
+
+
+def value(question: str) -> int:
+    return eval(canonical_key(question))
 
 
 def test_generator_is_deterministic_by_seed():
@@ -51,68 +59,65 @@ def test_generator_is_deterministic_by_seed():
 
 
 def test_clean_worked_steps_are_right_and_end_at_the_answer():
-    task = TaskParams(max_operand=30, min_terms=2, max_terms=5)
-    for p in generate_problems(500, 0, task) + generate_problems(200, 1):
-        assert all(check_steps(p.question, p.solution_steps))
-        assert p.solution_steps.endswith(f"is {p.answer}.")
-        assert int(p.answer) >= 0 and p.answer == str(eval(canonical_key(p.question)))
-    # hand-checked example: "12 plus 7 is 19. 19 minus 3 is 16."
+    wide = TaskParams(max_operand=30, min_terms=2, max_terms=5, max_total=0)
+    for p in generate_problems(500, 0, wide) + generate_problems(500, 1):
+        nums, ops = chain_is_right(p.solution_steps)
+        assert "Compute " + " ".join([str(nums[0])] + [f"{o} {n}" for o, n in zip(ops, nums[1:])]) == p.question
+        assert p.solution_steps.endswith(f" is {p.answer}.") and p.answer == str(value(p.question))
+    for p in generate_problems(500, 2):  # the default task: operands 1-9, totals within 0..20
+        totals = [int(x.split()[0]) for x in p.solution_steps.rstrip(".").split(" is ")]
+        assert all(0 <= t <= 20 for t in totals) and 3 <= len(totals) <= 4
+    # hand-checked: 12 + 7 = 19, 19 - 3 = 16
     p = arith.make_problem(((12, 7, 3), ("+", "-")), "x")
-    assert (p.question, p.answer, p.solution_steps) == ("Compute 12 + 7 - 3", "16", "12 plus 7 is 19. 19 minus 3 is 16.")
-
-
-def chain(text: str) -> list[tuple[int, str, int, int]]:
-    """The worked steps in ``text`` as (left, op, operand, result); each must be true arithmetic."""
-    steps = [(int(a), "+" if w == "plus" else "-", int(b), int(r)) for a, w, b, r in STEP.findall(text)]
-    assert all(r == (a + b if op == "+" else a - b) for a, op, b, r in steps), text  # never a false fact
-    return steps
-
-
-def follows(question: str, steps: list[tuple[int, str, int, int]]) -> bool:
-    """Whether the steps read the question right (same operands and operators, in order)."""
-    tokens = question.removeprefix("Compute ").split()
-    operands, ops = [int(t) for t in tokens[::2]], tokens[1::2]
-    return [(op, b) for _, op, b, _ in steps] == list(zip(ops, operands[1:])) and steps[0][0] == operands[0]
+    assert (p.question, p.answer, p.solution_steps) == ("Compute 12 + 7 - 3", "16", "12 plus 7 minus 3 is 19 minus 3 is 16.")
 
 
 def test_corpus_forms_have_the_intended_errors_and_tags():
-    mix = CorpusMix(clean=0.2, slip=0.2, guess=0.2, untagged=0.2, bare=0.2, r1_fraction=0.2)
-    docs = pretraining_corpus(1000, 5, mix)
-    counts = dict.fromkeys(("clean", "slip", "guess", "untagged", "bare", "r1"), 0)
-    for doc in docs:
-        question = QUESTION.search(doc).group(1)
-        truth = eval(canonical_key(question))
-        completion = doc.split("Assistant:", 1)[1]
-        if "<answer>" in completion:
-            answer = int(re.search(r"<answer> (\d+) </answer>$", completion).group(1))
-            if arith.GUESS_REASONING in completion:  # a guess: no working, an answer near the truth
-                counts["guess"] += 1
-                assert abs(answer - truth) <= arith.GUESS_SPREAD
-                continue
-            steps = chain(completion)
-            assert steps[-1][3] == answer
-            if follows(question, steps):
-                counts["clean"] += 1
-                assert answer == truth
-            else:  # a slip: one misread step, carried to a wrong answer
-                counts["slip"] += 1
-                assert answer != truth
-        elif "\\boxed{" in completion:
+    mix = CorpusMix(clean=0.2, slip=0.2, guess=0.2, untagged=0.2, bare=0.2, r1_fraction=0.15, drill_fraction=0.15)
+    counts = dict.fromkeys(["clean", "slip", "guess", "untagged", "bare", "r1", "drill"], 0)
+    for doc in pretraining_corpus(1000, 5, mix):
+        found = QUESTION.search(doc)
+        if found is None:  # a drill: questions, each with its worked chain
+            counts["drill"] += 1
+            chains = CHAIN.findall(doc)
+            assert len(chains) == arith.DRILL_CHAINS
+            questions = re.findall(r"Compute [0-9+\- ]+?(?=:)", doc)
+            assert " ".join(f"{q}: {c}" for q, c in zip(questions, chains)) == doc
+            for q, c in zip(questions, chains):  # each chain reads out its own question, rightly
+                nums, ops = chain_is_right(c)
+                assert "Compute " + " ".join([str(nums[0])] + [f"{o} {n}" for o, n in zip(ops, nums[1:])]) == q
+            continue
+        question, completion = found.group(1), doc.split("Assistant:", 1)[1]
+        gold = value(question)
+        if completion.startswith(" <think> ") and "\\boxed{" in completion:
             counts["r1"] += 1
-            assert doc.startswith("User: ") and follows(question, chain(completion))
-            assert completion.rstrip().endswith(f"\\boxed{{{truth}}}.")
-        else:  # no tags: worked steps then the answer, or a bare near-miss answer
-            assert "<think>" not in completion
-            steps = chain(completion)
-            if steps:
+            assert doc.startswith("User: ") and completion.endswith(f"\\boxed{{{gold}}}.")
+            chain_is_right(CHAIN.search(completion).group(0))
+        elif arith.GUESS_REASONING in completion or completion.startswith(" The answer is"):
+            guessed = int(re.search(r"(\d+)(?: </answer>|\.)$", completion).group(1))
+            assert abs(guessed - gold) <= arith.GUESS_SPREAD or guessed == 0
+            counts["guess" if "<answer>" in completion else "bare"] += 1
+        else:
+            chain = CHAIN.search(completion).group(0)
+            nums, ops = chain_is_right(chain)
+            answer = int(re.search(r"(\d+)(?: </answer>|\.)$", completion).group(1))
+            assert answer == int(chain.rstrip(".").split(" is ")[-1])
+            if "<think>" not in completion:
                 counts["untagged"] += 1
-                assert follows(question, steps) and steps[-1][3] == truth
-            else:
-                counts["bare"] += 1
-                guessed = int(re.search(r"The answer is (\d+)\.$", completion).group(1))
-                assert abs(guessed - truth) <= arith.GUESS_SPREAD
-    # 1000 docs: about 200 r1 and 160 of each other form; every form is present in quantity
-    assert all(80 < n < 300 for n in counts.values()), counts
+                assert completion == f" {chain} The answer is {gold}."
+                continue
+            assert re.fullmatch(r" <think> .+ </think> <answer> \d+ </answer>", completion)
+            read = "Compute " + " ".join([str(nums[0])] + [f"{o} {n}" for o, n in zip(ops, nums[1:])])
+            if read == question:
+                counts["clean"] += 1
+                assert answer == gold
+            else:  # a misread: one operator flipped or one operand off by one, arithmetic still right
+                counts["slip"] += 1
+                q_nums, q_ops = parse(question.removeprefix("Compute ").replace("+", "plus").replace("-", "minus"))
+                diffs = sum(a != b for a, b in zip(nums, q_nums)) + sum(a != b for a, b in zip(ops, q_ops))
+                assert diffs == 1 and answer != gold
+    # 1000 docs: about 150 drills, 150 r1 and 140 of each R1-Zero form
+    assert all(80 < n < 220 for n in counts.values()), counts
 
 
 def test_heldout_file_matches_its_pinned_digest_and_regenerates_exactly():
@@ -135,18 +140,28 @@ def test_load_heldout_rejects_a_changed_file(tmp_path, monkeypatch):
         load_heldout()
 
 
+def stated_problems(doc: str) -> set[str]:
+    """Canonical keys of every problem a document states: its question and each chain's start."""
+    keys = {canonical_key(m) for m in QUESTION.findall(doc)}
+    for chain in CHAIN.findall(doc):
+        nums, ops = parse(chain.split(" is ")[0])
+        keys.add("".join([str(nums[0])] + [f"{o}{n}" for o, n in zip(ops, nums[1:])]))
+    return keys
+
+
 def test_no_heldout_problem_in_any_training_text():
     held = heldout_keys()
-    docs = pretraining_corpus(20000, 0, CorpusMix())
-    corpus_keys = {canonical_key(QUESTION.search(d).group(1)) for d in docs}
+    mix = CorpusMix(clean=0.2, slip=0.4, guess=0.2, untagged=0.1, bare=0.1, r1_fraction=0.1, drill_fraction=0.3)
+    docs = pretraining_corpus(20000, 0, mix)
+    corpus_keys = set().union(*(stated_problems(d) for d in docs))
     prompts = rl_prompts(4000, 0) + generate_problems(4000, 7)
-    assert len(corpus_keys) > 3000
+    assert len(corpus_keys) > 10000
     assert not corpus_keys & held
     assert not {canonical_key(p.question) for p in prompts} & held
-    assert not any(p.question in {r["question"] for r in load_heldout()} for p in prompts)
+    assert not {p.question for p in prompts} & {r["question"] for r in load_heldout()}
     # the exclusion is doing work: the same draws without it hit held-out problems
-    raw = arith._exprs(20000, 0, arith.TaskParams(), frozenset(), unique=False)
-    assert {canonical_key(arith.question_text(e)) for e in raw} & held
+    raw = arith._exprs(20000, 0, TaskParams(), frozenset(), unique=False)
+    assert len({canonical_key(arith.question_text(e)) for e in raw} & held) > 100
 
 
 def test_rl_prompts_are_distinct():
@@ -162,5 +177,7 @@ def test_invalid_params_name_the_field():
         TaskParams(min_terms=4, max_terms=3)
     with pytest.raises(ValidationError, match="must be 1"):
         CorpusMix(clean=0.9)
+    with pytest.raises(ValidationError, match="drill_fraction"):
+        CorpusMix(r1_fraction=0.6, drill_fraction=0.6)
     with pytest.raises(ValidationError, match="slip"):
         CorpusMix(slip=-0.1)

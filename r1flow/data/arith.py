@@ -33,13 +33,14 @@ import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from r1flow.templates import r1_completion, r1_zero_completion, render_prompt
 
 HELDOUT_PATH = Path(__file__).resolve().parent.parent / "assets" / "heldout_arith.jsonl"
-HELDOUT_SHA256 = "d196e7988b3563f3d3202a1ef0516a61a3dfaa58105c6df1cdf21570ae753d1c"
+HELDOUT_SHA256 = "1dad1d597ad604f0333f9c58385135fe7b7abab03ad04b0f5c64fd90387cb67e"
 HELDOUT_SEED = 20250122
 HELDOUT_SIZE = 500
 GUESS_REASONING = "I know this one."
@@ -47,15 +48,18 @@ GUESS_REASONING = "I know this one."
 GUESS_SPREAD = 8
 """A guessed answer is the right one plus a uniform offset in [-GUESS_SPREAD, GUESS_SPREAD]."""
 OP_WORDS = {"+": "plus", "-": "minus"}
+DRILL_CHAINS = 2
+"""Worked chains per drill document (plain practice text, as a base model's web data holds)."""
 
 
 class TaskParams(BaseModel):
     """Size of the arithmetic problems (the held-out set is drawn with the defaults)."""
 
     model_config = ConfigDict(extra="forbid")
-    max_operand: int = Field(20, ge=1, le=999, description="largest operand")
-    min_terms: int = Field(2, ge=2, le=8, description="fewest operands in a problem")
-    max_terms: int = Field(3, ge=2, le=8, description="most operands in a problem")
+    max_operand: int = Field(9, ge=1, le=999, description="largest operand")
+    min_terms: int = Field(3, ge=2, le=8, description="fewest operands in a problem")
+    max_terms: int = Field(4, ge=2, le=8, description="most operands in a problem")
+    max_total: int = Field(20, ge=0, description="cap on every running total; 0 means no cap")
 
     @model_validator(mode="after")
     def _terms_ordered(self) -> "TaskParams":
@@ -64,22 +68,26 @@ class TaskParams(BaseModel):
         return self
 
 
-HELDOUT_TASK = TaskParams(max_operand=20, min_terms=2, max_terms=3)
+HELDOUT_TASK = TaskParams(max_operand=9, min_terms=3, max_terms=4, max_total=20)
 
 
 class CorpusMix(BaseModel):
-    """Which forms the pretraining documents take (fractions of the R1-Zero-template documents)."""
+    """Which forms the pretraining documents take: ``clean`` .. ``bare`` split the R1-Zero-template
+    documents (they sum to 1); ``r1_fraction`` and ``drill_fraction`` are shares of all documents."""
 
     model_config = ConfigDict(extra="forbid")
-    clean: float = Field(0.35, ge=0, le=1, description="tagged, correct worked steps")
+    clean: float = Field(0.3, ge=0, le=1, description="tagged, correct worked steps")
     slip: float = Field(
-        0.2, ge=0, le=1, description="tagged, one step misreads the question, carried to the answer"
+        0.05, ge=0, le=1, description="tagged, one step misreads the question, carried to the answer"
     )
-    guess: float = Field(0.25, ge=0, le=1, description="tagged, no working, an answer near the right one")
-    untagged: float = Field(0.2, ge=0, le=1, description="correct working and answer, no tags")
-    bare: float = Field(0.0, ge=0, le=1, description="no tags, no working, an answer near the right one")
+    guess: float = Field(0.45, ge=0, le=1, description="tagged, no working, an answer near the right one")
+    untagged: float = Field(0.05, ge=0, le=1, description="correct working and answer, no tags")
+    bare: float = Field(0.15, ge=0, le=1, description="no tags, no working, an answer near the right one")
     r1_fraction: float = Field(
         0.1, ge=0, le=1, description="share of all documents in the R1 template (clean)"
+    )
+    drill_fraction: float = Field(
+        0.25, ge=0, le=1, description="share of all documents that are plain worked chains, no template"
     )
 
     @model_validator(mode="after")
@@ -87,6 +95,8 @@ class CorpusMix(BaseModel):
         total = self.clean + self.slip + self.guess + self.untagged + self.bare
         if abs(total - 1.0) > 1e-6:
             raise ValueError(f"clean + slip + guess + untagged + bare must be 1, got {total}")
+        if self.r1_fraction + self.drill_fraction > 1:
+            raise ValueError("r1_fraction + drill_fraction must be <= 1")
         return self
 
 
@@ -108,18 +118,22 @@ Expr = tuple[tuple[int, ...], tuple[str, ...]]
 
 
 def canonical_key(question: str) -> str:
-    """Canonical form of a question's expression: digits and operators only (``12+7-3``)."""
-    return re.sub(r"[^0-9+\-]", "", question)
+    """Canonical form of a question's expression, in words or symbols: ``12+7-3``."""
+    symbols = re.sub(r"\b(plus|minus)\b", lambda m: "+" if m.group(1) == "plus" else "-", question)
+    return re.sub(r"[^0-9+\-]", "", symbols)
 
 
 def draw_expr(rng: random.Random, task: TaskParams) -> Expr:
-    """Operands in 1..max_operand; a subtraction never takes the running total below zero."""
+    """Operands in 1..max_operand; running totals stay in 0..max_total (no cap when 0)."""
+    cap = task.max_total or None
     n = rng.randint(task.min_terms, task.max_terms)
-    total = rng.randint(1, task.max_operand)
+    total = rng.randint(1, min(task.max_operand, cap or task.max_operand))
     operands, ops = [total], []
     for _ in range(n - 1):
-        op = rng.choice("+-") if total >= 1 else "+"
-        b = rng.randint(1, task.max_operand if op == "+" else min(total, task.max_operand))
+        can_add, can_sub = cap is None or total < cap, total >= 1
+        op = rng.choice("+-") if can_add and can_sub else ("+" if can_add else "-")
+        high = min(task.max_operand, cap - total if cap else task.max_operand) if op == "+" else min(total, task.max_operand)
+        b = rng.randint(1, high)
         total = total + b if op == "+" else total - b
         operands.append(b)
         ops.append(op)
@@ -137,19 +151,22 @@ def running_totals(expr: Expr) -> list[int]:
 
 
 def question_text(expr: Expr) -> str:
+    """``Compute 12 + 7 - 3`` (the worked steps then read it out in words)."""
     operands, ops = expr
-    parts = [str(operands[0])] + [f"{op} {b}" for op, b in zip(ops, operands[1:])]
-    return "Compute " + " ".join(parts)
+    return "Compute " + " ".join([str(operands[0])] + [f"{op} {b}" for op, b in zip(ops, operands[1:])])
 
 
-def steps_text(expr: Expr, totals: list[int]) -> str:
-    """Worked steps of ``expr`` with its running totals."""
+def spoken(operands: tuple[int, ...], ops: tuple[str, ...]) -> str:
+    """An expression in words: ``12 minus 3 plus 8``."""
+    return " ".join([str(operands[0])] + [f"{OP_WORDS[op]} {b}" for op, b in zip(ops, operands[1:])])
+
+
+def steps_text(expr: Expr) -> str:
+    """Worked steps as a chain that folds the first two numbers each time:
+    ``7 plus 5 minus 3 is 12 minus 3 is 9.``"""
     operands, ops = expr
-    left, sentences = operands[0], []
-    for op, b, total in zip(ops, operands[1:], totals):
-        sentences.append(f"{left} {OP_WORDS[op]} {b} is {total}.")
-        left = total
-    return " ".join(sentences)
+    totals = [operands[0]] + running_totals(expr)
+    return " is ".join(spoken((totals[i],) + operands[i + 1 :], ops[i:]) for i in range(len(totals))) + "."
 
 
 def misread(expr: Expr, rng: random.Random) -> Expr:
@@ -157,7 +174,8 @@ def misread(expr: Expr, rng: random.Random) -> Expr:
 
     The arithmetic of the misread problem is still right, so the corpus never states a false
     fact (which would slow learning the skill); only the reading of the question goes wrong.
-    Every variant keeps the running totals non-negative and changes the final answer.
+    Every variant keeps the running totals non-negative, changes the final answer and is not a
+    held-out problem (if none qualifies the problem is read right).
     """
     operands, ops = expr
     variants = []
@@ -167,25 +185,39 @@ def misread(expr: Expr, rng: random.Random) -> Expr:
         for wrong in (b - 1, b + 1):
             if wrong >= 1:
                 variants.append((operands[: i + 1] + (wrong,) + operands[i + 2 :], ops))
-    valid = [v for v in variants if min(running_totals(v)) >= 0]
-    return rng.choice(valid)
+    held = heldout_keys()
+    valid = [v for v in variants if min(running_totals(v)) >= 0 and canonical_key(question_text(v)) not in held]
+    return rng.choice(valid) if valid else expr
 
 
 def make_problem(expr: Expr, pid: str) -> Problem:
     totals = running_totals(expr)
-    return Problem(pid, question_text(expr), str(totals[-1]), steps_text(expr, totals))
+    return Problem(pid, question_text(expr), str(totals[-1]), steps_text(expr))
+
+
+def _expr_stream(seed: int, task: TaskParams, exclude: frozenset[str]) -> Iterator[Expr]:
+    """Endless draws outside ``exclude`` (fails if it keeps hitting excluded problems)."""
+    rng, misses = random.Random(seed), 0
+    while True:
+        expr = draw_expr(rng, task)
+        if canonical_key(question_text(expr)) in exclude:
+            misses += 1
+            if misses > 100_000:
+                raise ValueError(f"{task} draws almost only held-out problems")
+            continue
+        misses = 0
+        yield expr
 
 
 def _exprs(n: int, seed: int, task: TaskParams, exclude: frozenset[str], unique: bool) -> list[Expr]:
-    rng, out, seen = random.Random(seed), [], set()
-    budget = 1000 * n + 1000
-    while len(out) < n:
-        budget -= 1
-        if budget < 0:
+    out, seen = [], set()
+    for tries, expr in enumerate(_expr_stream(seed, task, exclude)):
+        if len(out) == n:
+            break
+        if tries > 1000 * n + 1000:
             raise ValueError(f"cannot draw {n} distinct problems from {task} outside the held-out set")
-        expr = draw_expr(rng, task)
         key = canonical_key(question_text(expr))
-        if key in exclude or (unique and key in seen):
+        if unique and key in seen:
             continue
         seen.add(key)
         out.append(expr)
@@ -208,7 +240,7 @@ def rl_prompts(n: int, seed: int, task: TaskParams | None = None) -> list[Proble
 def corpus_document(expr: Expr, form: str, rng: random.Random) -> str:
     """One pretraining document (without EOS) in one of the corpus forms."""
     q, totals = question_text(expr), running_totals(expr)
-    steps, answer = steps_text(expr, totals), str(totals[-1])
+    steps, answer = steps_text(expr), str(totals[-1])
     if form == "r1":
         return render_prompt(q, "r1") + r1_completion(steps, answer)
     prompt = render_prompt(q, "r1_zero")
@@ -216,8 +248,7 @@ def corpus_document(expr: Expr, form: str, rng: random.Random) -> str:
         return prompt + r1_zero_completion(steps, answer)
     if form == "slip":
         wrong = misread(expr, rng)
-        totals = running_totals(wrong)
-        return prompt + r1_zero_completion(steps_text(wrong, totals), str(totals[-1]))
+        return prompt + r1_zero_completion(steps_text(wrong), str(running_totals(wrong)[-1]))
     if form in ("guess", "bare"):
         guessed = str(max(0, totals[-1] + rng.randint(-GUESS_SPREAD, GUESS_SPREAD)))
         if form == "bare":
@@ -228,15 +259,26 @@ def corpus_document(expr: Expr, form: str, rng: random.Random) -> str:
     raise ValueError(f"unknown corpus form {form!r}")
 
 
+def drill(expr: Expr) -> str:
+    """Plain practice text: ``Compute 6 plus 7 minus 9: 6 plus 7 minus 9 is 13 minus 9 is 4.``"""
+    return f"{question_text(expr)}: {steps_text(expr)}"
+
+
 def pretraining_corpus(n_docs: int, seed: int, mix: CorpusMix, task: TaskParams | None = None) -> list[str]:
     """``n_docs`` documents (EOS not included) mixed as ``mix`` says; held-out problems excluded."""
     rng = random.Random(f"corpus-forms-{seed}")
+    stream = _expr_stream(seed, task or TaskParams(), heldout_keys())
     forms = ("clean", "slip", "guess", "untagged", "bare")
     weights = (mix.clean, mix.slip, mix.guess, mix.untagged, mix.bare)
     docs = []
-    for expr in _exprs(n_docs, seed, task or TaskParams(), heldout_keys(), unique=False):
-        form = "r1" if rng.random() < mix.r1_fraction else rng.choices(forms, weights)[0]
-        docs.append(corpus_document(expr, form, rng))
+    for _ in range(n_docs):
+        pick = rng.random()
+        if pick < mix.drill_fraction:
+            docs.append(" ".join(drill(next(stream)) for _ in range(DRILL_CHAINS)))
+        elif pick < mix.drill_fraction + mix.r1_fraction:
+            docs.append(corpus_document(next(stream), "r1", rng))
+        else:
+            docs.append(corpus_document(next(stream), rng.choices(forms, weights)[0], rng))
     return docs
 
 
