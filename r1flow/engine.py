@@ -78,7 +78,7 @@ class HFEngine:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         if self.pad_id is None:
             raise ValueError("tokenizer has neither a pad nor an eos token")
-        self.eos_ids = _eos_ids(model, tokenizer)
+        self.eos_ids = eos_token_ids(model, tokenizer)
 
     def sync_weights(self, model) -> None:
         """Nothing to copy: this engine samples from the very object being trained (a different
@@ -88,7 +88,7 @@ class HFEngine:
     def generate(self, prompts: list[str], *, n: int, max_new_tokens: int, temperature: float,
                  top_p: float = 1.0, seed: int | None = None,
                  suppress_eos: bool = False) -> Rollouts:
-        _check_args(prompts, n, max_new_tokens, temperature, top_p)
+        check_generate_args(prompts, n, max_new_tokens, temperature, top_p)
         encoded = self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
         if not all(encoded):
             raise ValueError(f"prompt {[bool(e) for e in encoded].index(False)} is empty after tokenization")
@@ -99,7 +99,7 @@ class HFEngine:
         was_training = self.model.training
         self.model.eval()
         try:
-            with _seeded(seed, device), _quiet_transformers(), torch.inference_mode():
+            with seeded(seed, device), _quiet_transformers(), torch.inference_mode():
                 for start in range(0, len(rows), self.batch_size):
                     batch = [encoded[i] for i in rows[start:start + self.batch_size]]
                     ids, mask = left_pad(batch, self.pad_id)
@@ -109,17 +109,7 @@ class HFEngine:
                     completion_parts.append(out[:, ids.shape[1]:].cpu())
         finally:
             self.model.train(was_training)
-        prompt_ids, prompt_mask = _concat_left_padded(prompt_parts, self.pad_id)
-        completion_ids = _concat_right_padded(completion_parts, self.pad_id)
-        completion_mask, stopped = completion_mask_and_stops(completion_ids, self.eos_ids)
-        completion_ids = completion_ids.masked_fill(completion_mask == 0, self.pad_id)
-        lengths = completion_mask.sum(dim=1).tolist()
-        texts = self.tokenizer.batch_decode(
-            [row[:length] for row, length in zip(completion_ids.tolist(), lengths)], skip_special_tokens=True)
-        return Rollouts(prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=completion_ids,
-                        completion_mask=completion_mask, texts=texts,
-                        finish_reasons=["stop" if s else "length" for s in stopped.tolist()],
-                        prompt_index=rows)
+        return assemble_rollouts(prompt_parts, completion_parts, rows, self.tokenizer, self.pad_id, self.eos_ids)
 
     def _generation_kwargs(self, max_new_tokens: int, temperature: float, top_p: float,
                            suppress_eos: bool) -> dict:
@@ -149,8 +139,30 @@ def completion_mask_and_stops(completion_ids: torch.Tensor, eos_ids: list[int]
     return (~eos_seen_before).long(), is_eos.any(dim=1)
 
 
+def assemble_rollouts(prompt_parts: list[tuple[torch.Tensor, torch.Tensor]], completion_parts: list[torch.Tensor],
+                      prompt_index: list[int], tokenizer, pad_id: int, eos_ids: list[int]) -> Rollouts:
+    """``Rollouts`` from per-call (left-padded prompt ids, mask) and raw completion ids: pads
+    them to one width, masks and pads everything after each row's first EOS, decodes."""
+    prompt_ids, prompt_mask = _concat_left_padded(prompt_parts, pad_id)
+    completion_ids = _concat_right_padded(completion_parts, pad_id)
+    completion_mask, stopped = completion_mask_and_stops(completion_ids, eos_ids)
+    completion_ids = completion_ids.masked_fill(completion_mask == 0, pad_id)
+    lengths = completion_mask.sum(dim=1).tolist()
+    texts = tokenizer.batch_decode(
+        [row[:length] for row, length in zip(completion_ids.tolist(), lengths)], skip_special_tokens=True)
+    return Rollouts(prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=completion_ids,
+                    completion_mask=completion_mask, texts=texts,
+                    finish_reasons=["stop" if s else "length" for s in stopped.tolist()],
+                    prompt_index=prompt_index)
+
+
 def make_engine(kind: str, model, tokenizer, **kw) -> GenerationEngine:
-    """Build the engine named ``kind`` ("hf"; "vllm" needs the ``vllm`` extra)."""
+    """Build the engine named ``kind``: "torch" (``r1flow.decode``, a lean KV-cache loop), "hf"
+    (``model.generate``) or "vllm" (needs the ``vllm`` extra)."""
+    if kind == "torch":
+        from r1flow.decode import DecodeEngine
+
+        return DecodeEngine(model, tokenizer, **kw)
     if kind == "hf":
         return HFEngine(model, tokenizer, **kw)
     if kind == "vllm":
@@ -159,10 +171,10 @@ def make_engine(kind: str, model, tokenizer, **kw) -> GenerationEngine:
         except ImportError:
             raise ValueError("engine 'vllm' needs vLLM: pip install r1flow[vllm]") from None
         raise ValueError("engine 'vllm' is not implemented in this version of r1flow; use 'hf'")
-    raise ValueError(f"unknown engine {kind!r}; known: 'hf', 'vllm'")
+    raise ValueError(f"unknown engine {kind!r}; known: 'torch', 'hf', 'vllm'")
 
 
-def _check_args(prompts: list[str], n: int, max_new_tokens: int, temperature: float,
+def check_generate_args(prompts: list[str], n: int, max_new_tokens: int, temperature: float,
                 top_p: float) -> None:
     if not prompts:
         raise ValueError("prompts is empty")
@@ -172,7 +184,7 @@ def _check_args(prompts: list[str], n: int, max_new_tokens: int, temperature: fl
         raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
 
 
-def _eos_ids(model, tokenizer) -> list[int]:
+def eos_token_ids(model, tokenizer) -> list[int]:
     ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
     configured = getattr(model.generation_config, "eos_token_id", None)
     ids.update(configured if isinstance(configured, list) else [configured] if configured is not None else [])
@@ -207,7 +219,7 @@ def _concat_right_padded(parts: list[torch.Tensor], pad_id: int) -> torch.Tensor
 
 
 @contextlib.contextmanager
-def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
+def seeded(seed: int | None, device: torch.device) -> Iterator[None]:
     """Seed torch's RNG for the block and restore the caller's RNG state afterwards."""
     if seed is None:
         yield

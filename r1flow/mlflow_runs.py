@@ -129,6 +129,9 @@ class MLflowTracker(NullTracker):
             columns = {k: [str(r.get(k, "")) for r in rows] for k in rows[0]}
             self.client.log_table(self.run_id, data=columns, artifact_file=f"tables/{name}.json")
 
+    def log_artifact(self, path: str, folder: str) -> None:
+        self.client.log_artifact(self.run_id, path, artifact_path=folder)
+
 
 def _finite(v: Any) -> bool:
     try:

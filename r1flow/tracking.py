@@ -1,6 +1,7 @@
 """Where trainers report: a small protocol, so the library never knows about MLflow or Prefect.
 
-Trainers call ``tracker.log_metrics({...}, step)`` and ``tracker.progress(step, total, **info)``.
+Trainers call ``tracker.log_metrics({...}, step)`` and ``tracker.progress(step, total, **info)``;
+stages add tables of samples (``log_table``) and files such as plots (``log_artifact``).
 The stage runner supplies a tracker that writes stepped metrics to MLflow (rank 0 only) and
 structured events to stdout; tests and library users pass ``NullTracker()``
 (the null object, so trainers never branch on "is tracking on").
@@ -18,6 +19,8 @@ class Tracker(Protocol):
 
     def log_table(self, rows: list[dict[str, Any]], name: str) -> None: ...
 
+    def log_artifact(self, path: str, folder: str) -> None: ...
+
 
 class NullTracker:
     """Tracking off: same methods, no effect."""
@@ -31,15 +34,30 @@ class NullTracker:
     def log_table(self, rows: list[dict[str, Any]], name: str) -> None:
         pass
 
+    def log_artifact(self, path: str, folder: str) -> None:
+        pass
+
 
 class ListTracker(NullTracker):
-    """Keeps every logged metric in memory (for tests and small scripts)."""
+    """Keeps every logged metric in memory (tests, small scripts, plots), passing everything on
+    to ``inner`` when given."""
 
-    def __init__(self) -> None:
+    def __init__(self, inner: Tracker | None = None) -> None:
         self.history: list[tuple[int, dict[str, float]]] = []
+        self.inner = inner or NullTracker()
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         self.history.append((step, dict(metrics)))
+        self.inner.log_metrics(metrics, step)
+
+    def progress(self, step: int, total: int, **info: Any) -> None:
+        self.inner.progress(step, total, **info)
+
+    def log_table(self, rows: list[dict[str, Any]], name: str) -> None:
+        self.inner.log_table(rows, name)
+
+    def log_artifact(self, path: str, folder: str) -> None:
+        self.inner.log_artifact(path, folder)
 
     def series(self, key: str) -> list[float]:
         return [m[key] for _, m in self.history if key in m]
@@ -66,3 +84,6 @@ class EventTracker(NullTracker):
 
     def log_table(self, rows: list[dict[str, Any]], name: str) -> None:
         self.inner.log_table(rows, name)
+
+    def log_artifact(self, path: str, folder: str) -> None:
+        self.inner.log_artifact(path, folder)

@@ -98,7 +98,9 @@ def _reward_fn(spec: RewardSpec, template: str, ctx: StageContext, source: str,
 
 def run(ctx: StageContext) -> None:
     from r1flow.grpo.trainer import train_grpo
+    from r1flow.plots import plot_curves
     from r1flow.templates import render_prompt
+    from r1flow.tracking import ListTracker
 
     cfg: RLConfig = ctx.config
     model, tokenizer = load_policy(ctx.inputs["policy"], ctx)
@@ -115,15 +117,22 @@ def run(ctx: StageContext) -> None:
                   for p in cfg.prompts for r in p.rewards]
     start, start_scores = evaluate(ctx, model, tokenizer, cfg.template, step=0, write=False)
 
+    recorded = ListTracker(ctx.tracker)  # the curves PNG is drawn from what was logged
+    recorded.history.append((0, start))
+
     def on_step(step: int, state: Any) -> None:
         if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.grpo.steps:
-            evaluate(ctx, model, tokenizer, cfg.template, step=step, write=False)
+            recorded.history.append((step, evaluate(ctx, model, tokenizer, cfg.template, step=step, write=False)[0]))
 
     ctx.log(f"{ctx.spec.stage}: GRPO for {cfg.grpo.steps} steps on {len(prompts)} prompts")
-    final = train_grpo(model, tokenizer, prompts, reward_fns, cfg.grpo, ctx.tracker,
+    final = train_grpo(model, tokenizer, prompts, reward_fns, cfg.grpo, recorded,
                        ref_model=ref_model, on_step=on_step)
     save_policy(model, tokenizer, ctx)
     end, end_scores = evaluate(ctx, model, tokenizer, cfg.template, step=cfg.grpo.steps)
+    recorded.history.append((cfg.grpo.steps, end))
+    png = plot_curves(recorded.history, ctx.workdir / "curves.png", f"{ctx.spec.stage} (GRPO)")
+    if png is not None:
+        ctx.tracker.log_artifact(str(png), "plots")
     gains = {}
     for bench, scores in end_scores.items():
         for which, label in ((0, "pass_at_1"), (1, "lenient_pass_at_1")):
