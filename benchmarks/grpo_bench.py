@@ -35,7 +35,7 @@ SIZES = {  # name: (architecture, completion tokens, line label)
 PROMPTS, GENERATIONS = 8, 8
 
 
-def digit_reward(completions: list, **_) -> list[float]:
+def digit_reward(completions: list, *_, **__) -> list[float]:
     """The shared reward: share of digit characters in the completion (cheap, deterministic)."""
     texts = [c if isinstance(c, str) else c[0]["content"] for c in completions]
     return [sum(ch.isdigit() for ch in t) / max(len(t), 1) for t in texts]
@@ -67,14 +67,16 @@ def peak_rss_mb() -> float:
 
 # ---------------------------------------------------------------- workers (one per subprocess)
 
-def run_ours(model_dir: str, tokens: int, steps: int) -> list[float]:
-    from r1flow.engine import HFEngine
+def run_ours(model_dir: str, tokens: int, steps: int) -> tuple[list[float], dict[str, float]]:
+    """Per-step seconds after the warm-up step, and the median seconds of each phase."""
+    from r1flow.decode import DecodeEngine
     from r1flow.grpo.params import GRPOParams
     from r1flow.grpo.rewarding import completion_reward
     from r1flow.grpo.trainer import train_grpo
     from r1flow.modeling import load_model
+    from r1flow.tracking import ListTracker
 
-    class FixedLength(HFEngine):
+    class FixedLength(DecodeEngine):
         def generate(self, prompts, **kw):
             return super().generate(prompts, **{**kw, "suppress_eos": True})
 
@@ -83,17 +85,20 @@ def run_ours(model_dir: str, tokens: int, steps: int) -> list[float]:
     params = GRPOParams(steps=steps + 1, prompts_per_step=PROMPTS, group_size=GENERATIONS, max_new_tokens=tokens,
                         beta=0.0, loss_agg="token_mean", micro_batch_size=PROMPTS * GENERATIONS, lr=1e-6)
     times: list[float] = []
-    last = [time.perf_counter()]
+    last = [0.0]
 
     def on_step(step, state):
         now = time.perf_counter()
         times.append(now - last[0])
         last[0] = now
 
+    tracker = ListTracker()
     last[0] = time.perf_counter()
-    train_grpo(model, tok, prompts, [("digits", 1.0, completion_reward(digit_reward))], params,
+    train_grpo(model, tok, prompts, [("digits", 1.0, completion_reward(digit_reward))], params, tracker,
                engine=FixedLength(model, tok, batch_size=PROMPTS * GENERATIONS), on_step=on_step)
-    return times[1:]
+    phases = {k.removeprefix("time/"): statistics.median(tracker.series(k)[1:])
+              for k in tracker.history[0][1] if k.startswith("time/")}
+    return times[1:], phases
 
 
 def trl_trainer(model_dir: str, tokens: int, steps: int, out_dir: str):
@@ -112,7 +117,7 @@ def trl_trainer(model_dir: str, tokens: int, steps: int, out_dir: str):
     return GRPOTrainer(model=model, reward_funcs=digit_reward, args=args, train_dataset=data, processing_class=tok)
 
 
-def run_trl(model_dir: str, tokens: int, steps: int) -> list[float]:
+def run_trl(model_dir: str, tokens: int, steps: int) -> tuple[list[float], dict[str, float]]:
     from transformers import TrainerCallback
 
     times: list[float] = []
@@ -128,7 +133,7 @@ def run_trl(model_dir: str, tokens: int, steps: int) -> list[float]:
         trainer = trl_trainer(model_dir, tokens, steps + 1, out)
         trainer.add_callback(Clock())
         trainer.train()
-    return times[1:]
+    return times[1:], {}
 
 
 def check_same_loss(model_dir: str, tokens: int) -> tuple[float, float]:
@@ -153,12 +158,13 @@ def check_same_loss(model_dir: str, tokens: int) -> tuple[float, float]:
         ids = torch.cat([prompt_ids, completion_ids], dim=1)
         with torch.no_grad():
             logp = token_logprobs(trainer.model, ids, torch.ones_like(ids), prompt_len)
-            ours, _ = grpo_loss(logp, logp, None, adv, mask, beta=0.0, eps_low=0.2, eps_high=0.2,
+            old = logp + 0.3 * torch.randn(logp.shape, generator=g)  # off-policy: ratios ≠ 1, some clipped
+            ours, _ = grpo_loss(logp, old, None, adv, mask, beta=0.0, eps_low=0.2, eps_high=0.2,
                                 mode="token_mean", total_tokens=float(mask.sum()), num_sequences=n)
             theirs = trainer._compute_loss(trainer.model, {
                 "prompt_ids": prompt_ids, "prompt_mask": torch.ones_like(prompt_ids),
                 "completion_ids": completion_ids, "completion_mask": mask, "advantages": adv,
-                "old_per_token_logps": logp, "num_items_in_batch": mask.sum()})
+                "old_per_token_logps": old, "num_items_in_batch": mask.sum()})
     return float(ours), float(theirs)
 
 
@@ -170,8 +176,9 @@ def worker(args) -> None:
         ours, theirs = check_same_loss(args.model, args.tokens)
         print(json.dumps({"ours": ours, "trl": theirs}))
         return
-    times = (run_ours if args.impl == "ours" else run_trl)(args.model, args.tokens, args.steps)
-    print(json.dumps({"median_s": statistics.median(times), "times": times, "peak_rss_mb": peak_rss_mb()}))
+    times, phases = (run_ours if args.impl == "ours" else run_trl)(args.model, args.tokens, args.steps)
+    print(json.dumps({"median_s": statistics.median(times), "times": times, "phases": phases,
+                      "peak_rss_mb": peak_rss_mb()}))
 
 
 # ---------------------------------------------------------------- driver
@@ -184,6 +191,28 @@ def spawn(impl: str, model: Path, tokens: int, steps: int, threads: int) -> dict
     if out.returncode:
         raise SystemExit(f"{impl} worker failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def matmul_gflops(threads: int, n: int = 1024, reps: int = 20) -> float:
+    """fp32 GFLOP/s of a plain square matmul at ``threads`` (the ceiling to compare against)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n**3 * reps / (time.perf_counter() - start) / 1e9
+
+
+def step_flops(params: int, prompt_tokens: int, tokens: int) -> float:
+    """Matmul FLOPs of the work one of our steps does (2·P per token forward, 6·P forward and
+    backward): prefill of each distinct prompt, G·tokens sampled per prompt, then training on each
+    distinct prompt once plus every completion. Attention scores are small at these lengths."""
+    rows = PROMPTS * GENERATIONS
+    sampling = 2 * params * (PROMPTS * prompt_tokens + rows * tokens)
+    return sampling + 6 * params * (PROMPTS * prompt_tokens + rows * tokens)
 
 
 def bench_size(size: str, root: Path, reps: int, steps: int, threads: int) -> float:
@@ -207,6 +236,13 @@ def bench_size(size: str, root: Path, reps: int, steps: int, threads: int) -> fl
     for impl in ("ours", "trl"):
         reps_s = ", ".join(f"{r['median_s']:.3f}" for r in runs[impl])
         print(f"| {impl} | {med[impl]:.3f} | {reps_s} | {rss[impl]:.0f} |")
+    phases = {k: statistics.median(r["phases"][k] for r in runs["ours"]) for k in runs["ours"][0]["phases"]}
+    phases["overhead"] = max(0.0, med["ours"] - sum(phases.values()))
+    print("ours, where a step goes: " + ", ".join(f"{k} {v:.3f} s ({v / med['ours']:.0%})" for k, v in phases.items()))
+    prompt_tokens = statistics.mean(len(load_model(str(model))[1](p)["input_ids"]) for p in bench_prompts(PROMPTS))
+    achieved = step_flops(params, round(prompt_tokens), tokens) / med["ours"] / 1e9
+    ceiling = matmul_gflops(threads)
+    print(f"ours: {achieved:.1f} GFLOP/s achieved, {achieved / ceiling:.0%} of a plain {ceiling:.0f} GFLOP/s matmul")
     return med["trl"] / med["ours"]
 
 

@@ -132,7 +132,7 @@ def test_reference_is_called_only_when_beta_is_positive(tok, beta):
     if beta == 0:
         assert calls[0] == 0 and "kl_k3" not in tracker.history[0][1]
     else:
-        assert calls[0] == 2 * 3  # 2 steps × ceil(8 rows / 3) micro-batches
+        assert calls[0] == 2 * 3 * 2  # 2 steps × ceil(8 rows / 3) micro-batches × (prompts, completions)
         assert tracker.series("kl_k3")[0] > 0  # the reference is another random model
 
 

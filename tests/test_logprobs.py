@@ -143,3 +143,28 @@ def test_equal_rewards_leave_parameters_unchanged(tok):
     assert all(torch.equal(b, p) for b, p in zip(before, model.parameters()))
     _step(model, opt, ids, attention, start, mask, torch.tensor([0.1] * 6 + [0.2]), 7)
     assert not all(torch.equal(b, p) for b, p in zip(before, model.parameters()))
+
+
+def test_shared_prompt_logprobs_equal_full_rows_in_value_and_gradient(tok):
+    """Each distinct prompt run once, its cache repeated over its rows: the same log-probs and the
+    same parameter gradients as running every full row (two prompts × 3 rows, left-padded, one
+    row's completion ended early by EOS)."""
+    from r1flow.engine import left_pad
+    from r1flow.grpo.logprobs import shared_prompt_logprobs
+
+    model = _model(tok).train()
+    prompts = [tok(p, add_special_tokens=False)["input_ids"] for p in ("12 + 7", "User: 5 + 30 = ? Assistant:")]
+    prompt_ids, prompt_mask = left_pad([prompts[i] for i in (0, 0, 0, 1, 1, 1)], tok.pad_token_id)
+    completions = torch.randint(3, len(tok) - 1, (6, 7), generator=torch.Generator().manual_seed(0))
+    attention = torch.ones_like(completions)
+    attention[1, 4:] = 0
+    full = token_logprobs(model, torch.cat([prompt_ids, completions], 1), torch.cat([prompt_mask, attention], 1),
+                          prompt_ids.size(1), temperature=0.7)
+    (full * attention).sum().backward()
+    full_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    shared = shared_prompt_logprobs(model, prompt_ids, prompt_mask, completions, attention, temperature=0.7)
+    (shared * attention).sum().backward()
+    assert torch.allclose(shared * attention, full * attention, atol=1e-5)
+    for ours, ref in zip((p.grad for p in model.parameters()), full_grads):
+        assert torch.allclose(ours, ref, atol=1e-5)

@@ -13,6 +13,12 @@ decide whether those numbers are right:
   and wrong.)
 - Only completion positions are projected to the vocabulary and normalized (``logits_to_keep``
   plus a gather minus logsumexp), so memory grows with completion length, not prompt length.
+
+GRPO's G completions of a question share its prompt. ``shared_prompt_logprobs`` runs each
+distinct prompt once, repeats its key/value cache over its rows (autograd carries the gradients
+of all G rows back through the repeat) and runs only the completions per row: the same numbers
+and gradients as ``token_logprobs`` on the full rows, for (distinct prompts × P + rows × L)
+tokens of work instead of rows × (P + L) — with a long template prompt, several times less.
 """
 
 from __future__ import annotations
@@ -49,6 +55,34 @@ def token_logprobs(model, input_ids: Tensor, attention_mask: Tensor, completion_
     logits = out.logits[:, :-1, :].float() / temperature  # [N, L, V]: position t predicts token t+1
     targets = input_ids[:, completion_start:]  # [N, L]
     picked = logits.gather(dim=-1, index=targets.unsqueeze(-1)).squeeze(-1)  # [N, L]
+    return picked - torch.logsumexp(logits, dim=-1)  # [N, L]
+
+
+def shared_prompt_logprobs(model, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor,
+                           completion_attention: Tensor, *, temperature: float = 1.0) -> Tensor:
+    """``token_logprobs`` of ``completion_ids`` [N, L] after left-padded prompts [N, P], each
+    distinct prompt row run once: [N, L].
+
+    ``completion_attention`` [N, L] is the completions' attention mask (the EOS mask). Rows with
+    identical ``prompt_ids`` and ``prompt_mask`` share one prompt forward pass.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    keyed = torch.cat([prompt_ids, prompt_mask.to(prompt_ids.dtype)], dim=1)  # [N, 2P]: identical rows share
+    unique, inverse = torch.unique(keyed, dim=0, return_inverse=True)  # [U, 2P], [N]
+    width = prompt_ids.size(1)
+    u_ids, u_mask = unique[:, :width], unique[:, width:]
+    head = model(input_ids=u_ids, attention_mask=u_mask, position_ids=position_ids_from_mask(u_mask),
+                 use_cache=True, logits_to_keep=1)
+    cache = head.past_key_values
+    cache.batch_select_indices(inverse)  # [U, ...] -> [N, ...], differentiable indexing
+    mask = torch.cat([prompt_mask, completion_attention], dim=1)  # [N, P + L]
+    positions = position_ids_from_mask(mask)[:, width:]  # [N, L]
+    tail = model(input_ids=completion_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                 use_cache=True, logits_to_keep=completion_ids.size(1))
+    # the prompt's last position predicts the first completion token; completion t predicts t+1
+    logits = torch.cat([head.logits[inverse, -1:], tail.logits[:, :-1]], dim=1).float() / temperature  # [N, L, V]
+    picked = logits.gather(dim=-1, index=completion_ids.unsqueeze(-1)).squeeze(-1)  # [N, L]
     return picked - torch.logsumexp(logits, dim=-1)  # [N, L]
 
 

@@ -23,9 +23,10 @@ Deliberate choices:
    minibatch over all micro-batches and ranks, so the accumulated gradient is exactly the
    minibatch's, whatever the micro-batch size; peak memory follows the micro-batch, not G.
 4. Log-probs run on exactly the engine's prompt+completion ids (no re-tokenization), with each
-   micro-batch's left prompt padding and right completion padding trimmed, and only completion
-   positions projected to the vocabulary (``token_logprobs``). Log-probs use the sampling
-   temperature; top-p truncation is not reflected in them (as in TRL and verl).
+   micro-batch's left prompt padding and right completion padding trimmed, each distinct prompt
+   run once for its G rows and only completion positions projected to the vocabulary
+   (``shared_prompt_logprobs``). Log-probs use the sampling temperature; top-p truncation is not
+   reflected in them (as in TRL and verl).
 5. A minibatch with no rows (every group filtered) takes no optimizer step: the schedule counts
    optimizer steps actually taken.
 6. Several processes: each rank samples its own slice of the step's prompts; token counts and
@@ -49,7 +50,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from r1flow.engine import GenerationEngine, HFEngine, Rollouts
-from r1flow.grpo.logprobs import token_logprobs
+from r1flow.grpo.logprobs import shared_prompt_logprobs
 from r1flow.grpo.loss import group_advantages, grpo_loss, zero_variance_groups
 from r1flow.grpo.params import GRPOParams
 from r1flow.grpo.rewarding import RewardScores, RewardSpec, reward_metrics, score_batch
@@ -110,15 +111,16 @@ class RolloutBatch:
         picked = {f.name: getattr(self, f.name) for f in fields(self)}
         return RolloutBatch(**{name: None if t is None else t[rows] for name, t in picked.items()})
 
-    def inputs(self, rows: Tensor) -> tuple[Tensor, Tensor, int]:
-        """(input_ids, attention_mask, completion_start) of ``rows`` with padding columns trimmed."""
+    def logprobs(self, model, rows: Tensor, temperature: float) -> Tensor:
+        """Per-token log-probs [n, L'] of ``rows`` under ``model``: padding columns trimmed, each
+        distinct prompt run once for all its rows (``shared_prompt_logprobs``)."""
         prompt_mask = self.prompt_mask[rows]  # [n, P]
         completion_mask = self.completion_mask[rows]  # [n, L]
         start = self.prompt_mask.size(1) - int(prompt_mask.sum(dim=1).max())
         length = int(completion_mask.sum(dim=1).max())
-        ids = torch.cat([self.prompt_ids[rows, start:], self.completion_ids[rows, :length]], dim=1)
-        mask = torch.cat([prompt_mask[:, start:], completion_mask[:, :length]], dim=1)
-        return ids, mask, self.prompt_mask.size(1) - start  # [n, P' + L'], [n, P' + L'], P'
+        return shared_prompt_logprobs(model, self.prompt_ids[rows, start:], prompt_mask[:, start:],
+                                      self.completion_ids[rows, :length], completion_mask[:, :length],
+                                      temperature=temperature)
 
 
 def rollout_batch(rollouts: Rollouts, rewards: Tensor, params: GRPOParams, device: torch.device) -> RolloutBatch:
@@ -137,9 +139,8 @@ def batch_logprobs(model, batch: RolloutBatch, micro_batch_size: int, temperatur
     """Per-token log-probs [N, L] of every row under ``model``, no grad (0 past each row's length)."""
     out = torch.zeros(batch.completion_ids.shape, dtype=torch.float32, device=batch.advantages.device)
     for rows in torch.arange(len(batch), device=out.device).split(micro_batch_size):
-        ids, mask, start = batch.inputs(rows)
         with torch.inference_mode():
-            logp = token_logprobs(model, ids, mask, start, temperature=temperature)  # [n, L']
+            logp = batch.logprobs(model, rows, temperature)  # [n, L']
         out[rows, : logp.size(1)] = logp
     return out
 
@@ -166,8 +167,7 @@ def minibatch_backward(model, batch: RolloutBatch, rows: Tensor, params: GRPOPar
     """
     sums: dict[str, float] = defaultdict(float)
     for micro in rows.split(params.micro_batch_size):
-        ids, mask, start = batch.inputs(micro)
-        logp = token_logprobs(model, ids, mask, start, temperature=params.temperature)  # [n, L']
+        logp = batch.logprobs(model, micro, params.temperature)  # [n, L']
         length = logp.size(1)
         old = logp.detach() if batch.old_logp is None else batch.old_logp[micro, :length]
         ref = None if batch.ref_logp is None else batch.ref_logp[micro, :length]
