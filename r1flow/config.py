@@ -89,7 +89,8 @@ class RLConfig(Section):
     template: Literal["r1_zero", "r1"] = Field("r1", description="prompt template")
     prompts: list[PromptSource] = Field(default_factory=lambda: [PromptSource()])
     grpo: GRPOParams = Field(default_factory=GRPOParams)
-    engine: Literal["hf", "vllm"] = Field("hf", description="rollout generation engine")
+    engine: Literal["torch", "hf", "vllm"] = Field(
+        "torch", description="rollout engine: 'torch' (lean KV-cache loop), 'hf' (generate), 'vllm'")
     eval_every: int = Field(0, ge=0, description="steps between held-out evaluations (0: end only)")
 
 
@@ -148,6 +149,7 @@ class EvalConfig(Section):
     max_new_tokens: int = Field(64, gt=0, description="completion length limit")
     max_problems: int | None = Field(None, gt=0, description="evaluate on the first N problems only")
     batch_size: int = Field(128, gt=0, description="rows per generate call")
+    engine: Literal["torch", "hf"] = Field("torch", description="sampling engine for evaluation and data generation")
 
 
 class StoreConfig(Section):

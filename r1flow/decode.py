@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 
+from r1flow.attention import use_native_gqa
 from r1flow.engine import Rollouts, assemble_rollouts, check_generate_args, eos_token_ids, left_pad, seeded
 
 
@@ -49,9 +50,11 @@ class DecodeEngine:
         if self.pad_id is None:
             raise ValueError("tokenizer has neither a pad nor an eos token")
         self.eos_ids = eos_token_ids(model, tokenizer)
+        use_native_gqa(model)
 
     def sync_weights(self, model) -> None:
         self.model = model
+        use_native_gqa(model)
 
     def generate(self, prompts: list[str], *, n: int, max_new_tokens: int, temperature: float,
                  top_p: float = 1.0, seed: int | None = None, suppress_eos: bool = False) -> Rollouts:

@@ -49,7 +49,9 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from r1flow.engine import GenerationEngine, HFEngine, Rollouts
+from r1flow.attention import use_native_gqa
+from r1flow.decode import DecodeEngine
+from r1flow.engine import GenerationEngine, Rollouts
 from r1flow.grpo.logprobs import shared_prompt_logprobs
 from r1flow.grpo.loss import group_advantages, grpo_loss, zero_variance_groups
 from r1flow.grpo.params import GRPOParams
@@ -312,8 +314,10 @@ def train_grpo(model, tokenizer, prompts: list[dict], reward_fns: list[RewardSpe
     rank, world = _rank_world()
     k, group = params.prompts_per_step, params.group_size
     torch.manual_seed(params.seed)
-    engine = engine or HFEngine(model, tokenizer, batch_size=k * group)
+    engine = engine or DecodeEngine(model, tokenizer, batch_size=k * group)
     ref = None if params.beta == 0 else ref_model if ref_model is not None else _frozen_copy(model)
+    for m in (model, ref) if ref is not None else (model,):
+        use_native_gqa(m)  # same attention, without copying grouped KV heads
     optimizer, scheduler = make_optimizer(model, params)
     device = next(model.parameters()).device
     needs_old = params.mu > 1 or params.num_minibatches > 1

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from r1flow.config import ColdStartConfig
 from r1flow.stages.common import (arith_task, eval_questions, evaluate, load_policy, sample_rows,
-                                  save_policy, write_dataset)
+                                  sampling_engine, save_policy, write_dataset)
 from r1flow.stages.runner import StageContext
 
 Config = ColdStartConfig
@@ -46,7 +46,7 @@ def run(ctx: StageContext) -> None:
             problems = [p.row() for p in rl_prompts(cfg.num_prompts, seed + 101, arith_task(ctx))]
             rows += sample_rows(zero, tok, problems, template="r1_zero", k=cfg.samples_per_prompt,
                                 temperature=cfg.temperature, top_p=1.0,
-                                max_new_tokens=cfg.max_new_tokens, seed=seed)
+                                max_new_tokens=cfg.max_new_tokens, seed=seed, engine=sampling_engine(ctx))
             del zero
         else:
             rows += read_jsonl(src, SOURCE_FIELDS)

@@ -71,11 +71,11 @@ def evaluate(ctx: StageContext, model, tokenizer, template: str, *, step: int = 
     Returns the metrics and, per benchmark, each problem's (strict, lenient) pass@1 over its k
     samples — what a paired comparison of two checkpoints needs."""
     from r1flow.data.benchmarks import benchmark_name, load_benchmark
-    from r1flow.engine import HFEngine
+    from r1flow.engine import make_engine
     from r1flow.evaluate import evaluate_model
 
     cfg = ctx.runtime.get("evaluate", {})
-    engine = HFEngine(model, tokenizer, batch_size=int(cfg.get("batch_size", 128)))
+    engine = make_engine(cfg.get("engine", "torch"), model, tokenizer, batch_size=int(cfg.get("batch_size", 128)))
     metrics: dict[str, float] = {}
     per_problem: dict[str, dict] = {}
     for bench in cfg.get("benchmarks", ["arith_heldout"]):
@@ -130,14 +130,19 @@ def sft_examples_from(path: Path) -> list[dict[str, Any]]:
     return read_jsonl(path / "sft.jsonl", {"prompt": str, "completion": str})
 
 
+def sampling_engine(ctx: StageContext) -> str:
+    """The engine kind for evaluation and data generation (``evaluate.engine``)."""
+    return str(ctx.runtime.get("evaluate", {}).get("engine", "torch"))
+
+
 def sample_rows(model, tokenizer, problems: list[dict[str, str]], *, template: str, k: int,
                 temperature: float, top_p: float, max_new_tokens: int, seed: int,
-                batch_size: int = 128) -> list[dict[str, Any]]:
+                batch_size: int = 128, engine: str = "torch") -> list[dict[str, Any]]:
     """k samples per problem as rows ``{question, answer, completion, finish_reason, template}``."""
-    from r1flow.engine import HFEngine
+    from r1flow.engine import make_engine
     from r1flow.templates import render_prompt
 
-    engine = HFEngine(model, tokenizer, batch_size=batch_size)
+    engine = make_engine(engine, model, tokenizer, batch_size=batch_size)
     rows: list[dict[str, Any]] = []
     per_call = max(1, batch_size // k)
     for call, start in enumerate(range(0, len(problems), per_call)):

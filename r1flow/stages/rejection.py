@@ -9,7 +9,7 @@ does for simple queries); write the SFT dataset and log how many rows each filte
 from __future__ import annotations
 
 from r1flow.config import RejectionConfig
-from r1flow.stages.common import arith_task, load_policy, sample_rows, write_dataset
+from r1flow.stages.common import arith_task, load_policy, sample_rows, sampling_engine, write_dataset
 from r1flow.stages.runner import StageContext
 
 Config = RejectionConfig
@@ -32,7 +32,7 @@ def run(ctx: StageContext) -> None:
     problems = [p.row() for p in rl_prompts(cfg.num_prompts, seed + 202, arith_task(ctx))]
     samples = sample_rows(model, tokenizer, problems, template="r1", k=cfg.samples_per_prompt,
                           temperature=cfg.temperature, top_p=cfg.top_p,
-                          max_new_tokens=cfg.max_new_tokens, seed=seed)
+                          max_new_tokens=cfg.max_new_tokens, seed=seed, engine=sampling_engine(ctx))
     kept, removed = rejection_filter(samples, cfg.filters)
     if len(kept) < cfg.min_kept:
         raise RuntimeError(f"rejection sampling kept {len(kept)} of {len(samples)} samples, fewer than "

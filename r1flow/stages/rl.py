@@ -97,6 +97,7 @@ def _reward_fn(spec: RewardSpec, template: str, ctx: StageContext, source: str,
 
 
 def run(ctx: StageContext) -> None:
+    from r1flow.engine import make_engine
     from r1flow.grpo.trainer import train_grpo
     from r1flow.plots import plot_curves
     from r1flow.templates import render_prompt
@@ -125,7 +126,8 @@ def run(ctx: StageContext) -> None:
             recorded.history.append((step, evaluate(ctx, model, tokenizer, cfg.template, step=step, write=False)[0]))
 
     ctx.log(f"{ctx.spec.stage}: GRPO for {cfg.grpo.steps} steps on {len(prompts)} prompts")
-    final = train_grpo(model, tokenizer, prompts, reward_fns, cfg.grpo, recorded,
+    engine = make_engine(cfg.engine, model, tokenizer, batch_size=cfg.grpo.prompts_per_step * cfg.grpo.group_size)
+    final = train_grpo(model, tokenizer, prompts, reward_fns, cfg.grpo, recorded, engine=engine,
                        ref_model=ref_model, on_step=on_step)
     save_policy(model, tokenizer, ctx)
     end, end_scores = evaluate(ctx, model, tokenizer, cfg.template, step=cfg.grpo.steps)

@@ -1,0 +1,35 @@
+"""``sdpa_gqa``: the same attention as transformers' sdpa on masked (left-padded) batches, in
+values and gradients, without the KV-head copy; models without grouped heads are left alone."""
+
+from __future__ import annotations
+
+import torch
+
+from r1flow.attention import NAME, use_native_gqa
+from r1flow.engine import left_pad
+from r1flow.modeling import ModelArch, build_model, train_tokenizer
+
+GQA = ModelArch(hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=64)
+
+
+def test_native_gqa_matches_sdpa_with_a_padding_mask():
+    tok = train_tokenizer(["Compute 12 + 7 - 3. <think> 12 plus 7 is 19. </think>"] * 10, 300)
+    ids, mask = left_pad([tok(t, add_special_tokens=False)["input_ids"] for t in ("Compute 1 + 2", "12 plus 7 is 19")],
+                         tok.pad_token_id)
+    plain, native = build_model(GQA, tok, seed=0), build_model(GQA, tok, seed=0)
+    assert use_native_gqa(native) and native.config._attn_implementation == NAME
+    assert plain.config._attn_implementation == "sdpa"
+    outs = []
+    for model in (plain, native):
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        (logits * mask[..., None]).sum().backward()
+        outs.append((logits, [p.grad for p in model.parameters()]))
+    (a, grads_a), (b, grads_b) = outs
+    assert torch.allclose(a, b, atol=1e-5)
+    assert all(torch.allclose(x, y, atol=1e-5) for x, y in zip(grads_a, grads_b))
+
+
+def test_models_without_grouped_heads_are_left_alone():
+    tok = train_tokenizer(["Compute 1 + 2"] * 10, 280)
+    mha = build_model(ModelArch(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=2, intermediate_size=64), tok)
+    assert not use_native_gqa(mha) and mha.config._attn_implementation == "sdpa"
