@@ -1,0 +1,44 @@
+"""One GRPO optimizer step on one rank's half of a saved rollout batch (run by test_distributed
+under ``accelerate launch --multi_gpu --num_processes 2`` with ``Accelerator(cpu=True)``, or as
+one plain process on the whole batch). Writes the updated parameters to OUT/params.pt (rank 0).
+
+    python tests/dist_grpo_step.py WORK_DIR OUT_DIR
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+
+def main(work: Path, out: Path) -> None:
+    from accelerate import Accelerator
+
+    from r1flow.grpo.params import GRPOParams
+    from r1flow.grpo.trainer import RolloutBatch, _Clock, _optimize, make_optimizer
+    from r1flow.modeling import load_model
+
+    accelerator = Accelerator(cpu=True)  # under `accelerate launch`: joins the gloo process group
+    rank, world = accelerator.process_index, accelerator.num_processes
+    torch.set_num_threads(1)
+    model, _ = load_model(str(work / "model"))
+    saved = torch.load(work / "batch.pt")
+    params = GRPOParams(**saved["params"])
+    rows = saved["advantages"].numel()
+    mine = torch.arange(rows).tensor_split(world)[rank]  # whole groups: rows / world is a multiple of G
+    batch = RolloutBatch(**{k: saved[k] for k in ("prompt_ids", "prompt_mask", "completion_ids",
+                                                  "completion_mask", "advantages", "old_logp")}).select(mine)
+    optimizer, scheduler = make_optimizer(model, params)
+    model.train()
+    stats = _optimize(model, batch, optimizer, scheduler, params, _Clock(), seed=0)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        torch.save({"params": {n: p.detach().clone() for n, p in model.named_parameters()},
+                    "world": world, "loss": stats["loss"]}, out / "params.pt")
+    accelerator.wait_for_everyone()
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), Path(sys.argv[2]))
