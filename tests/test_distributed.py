@@ -39,7 +39,7 @@ def test_two_ranks_equal_one_process(tmp_path, mode):
         logp = token_logprobs(model, ids, torch.cat([out.prompt_mask, out.completion_mask], 1), out.prompt_ids.size(1))
     gen = torch.Generator().manual_seed(1)
     params = GRPOParams(prompts_per_step=4, group_size=4, max_new_tokens=8, loss_agg=mode, micro_batch_size=3,
-                        lr=1e-2, eps_low=0.1, eps_high=0.1)
+                        lr=1e-3, eps_low=0.1, eps_high=0.1)
     torch.save({"prompt_ids": out.prompt_ids, "prompt_mask": out.prompt_mask, "completion_ids": out.completion_ids,
                 "completion_mask": out.completion_mask, "advantages": torch.randn(16, generator=gen),
                 "old_logp": logp + 0.2 * torch.randn(logp.shape, generator=gen), "params": params.model_dump()},
@@ -57,6 +57,6 @@ def test_two_ranks_equal_one_process(tmp_path, mode):
     one, two = torch.load(tmp_path / "one" / "params.pt"), torch.load(tmp_path / "two" / "params.pt")
     assert (one["world"], two["world"]) == (1, 2)
     moved = max((one["params"][n] - p).abs().max().item() for n, p in model.named_parameters())
-    assert moved > 1e-4  # the step did something
-    for name, value in one["params"].items():
-        assert torch.allclose(two["params"][name], value, atol=1e-6), name
+    assert moved > 5e-4  # the step did something (AdamW's first step moves a parameter by about lr)
+    for name, value in one["params"].items():  # within 1% of a step: Adam's g/|g| magnifies float noise
+        assert torch.allclose(two["params"][name], value, rtol=0, atol=1e-5), name  # in near-zero gradients
