@@ -122,18 +122,24 @@ def count_forwards(model) -> list[int]:
     return calls
 
 
-@pytest.mark.parametrize("beta", [0.0, 0.05])
-def test_reference_is_called_only_when_beta_is_positive(tok, beta):
+@pytest.mark.parametrize("beta,log_kl", [(0.0, False), (0.05, False), (0.0, True)])
+def test_reference_is_called_only_when_beta_is_positive_or_kl_is_logged(tok, beta, log_kl):
     ref = model_for(tok, seed=1)
     calls = count_forwards(ref)
     tracker = ListTracker()
-    params = GRPOParams(steps=2, prompts_per_step=2, group_size=4, max_new_tokens=5, beta=beta, micro_batch_size=3)
-    train_grpo(model_for(tok), tok, PROMPTS, A_REWARD, params, tracker, ref_model=ref)
-    if beta == 0:
+    params = GRPOParams(steps=2, prompts_per_step=2, group_size=4, max_new_tokens=5, beta=beta, log_kl=log_kl,
+                        micro_batch_size=3)
+    policy = model_for(tok)
+    train_grpo(policy, tok, PROMPTS, A_REWARD, params, tracker, ref_model=ref)
+    if beta == 0 and not log_kl:
         assert calls[0] == 0 and "kl_k3" not in tracker.history[0][1]
-    else:
-        assert calls[0] == 2 * 3 * 2  # 2 steps × ceil(8 rows / 3) micro-batches × (prompts, completions)
-        assert tracker.series("kl_k3")[0] > 0  # the reference is another random model
+        return
+    assert calls[0] == 2 * 3 * 2  # 2 steps × ceil(8 rows / 3) micro-batches × (prompts, completions)
+    assert tracker.series("kl_k3")[0] > 0  # the reference is another random model
+    if log_kl:  # logging only: the same training as without a reference
+        plain = model_for(tok)
+        train_grpo(plain, tok, PROMPTS, A_REWARD, params.model_copy(update={"log_kl": False}), ListTracker())
+        assert all(torch.equal(a, b) for a, b in zip(policy.parameters(), plain.parameters()))
 
 
 # ---------------------------------------------------------------- micro-batch accumulation

@@ -20,6 +20,7 @@ class GRPOParams(BaseModel):
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     grad_clip: float = Field(1.0, ge=0, description="max global grad norm; 0 disables")
     beta: float = Field(0.0, ge=0, description="k3 KL weight to the frozen reference; 0 loads no reference")
+    log_kl: bool = Field(False, description="with beta = 0, still keep the reference to log KL (one no-grad forward)")
     eps_low: float = Field(0.2, ge=0, lt=1, description="lower clip range ε_low")
     eps_high: float = Field(0.2, ge=0, description="upper clip range ε_high (DAPO: 0.28)")
     mu: int = Field(1, ge=1, description="policy iterations per rollout batch (old log-probs kept)")

@@ -18,7 +18,8 @@ Deliberate choices:
 1. With ``mu == 1`` and one minibatch the policy that sampled is the policy being trained, so the
    old log-probs are the current ones detached (ratio = exp(logp − logp.detach()) = 1, gradient
    A·∇logp) and their forward pass is skipped — TRL does the same.
-2. β = 0 builds and calls no reference model at all; ``kl_k3``/``kl_k1`` are then not logged.
+2. β = 0 builds and calls no reference model at all, and ``kl_k3``/``kl_k1`` are not logged —
+   unless ``log_kl`` asks for them (one extra no-grad forward per step; the loss is unchanged).
 3. Loss denominators (tokens, sequences, ``max_new_tokens`` for ``fixed_length``) span the whole
    minibatch over all micro-batches and ranks, so the accumulated gradient is exactly the
    minibatch's, whatever the micro-batch size; peak memory follows the micro-batch, not G.
@@ -315,7 +316,8 @@ def train_grpo(model, tokenizer, prompts: list[dict], reward_fns: list[RewardSpe
     k, group = params.prompts_per_step, params.group_size
     torch.manual_seed(params.seed)
     engine = engine or DecodeEngine(model, tokenizer, batch_size=k * group)
-    ref = None if params.beta == 0 else ref_model if ref_model is not None else _frozen_copy(model)
+    wants_ref = params.beta > 0 or params.log_kl
+    ref = None if not wants_ref else ref_model if ref_model is not None else _frozen_copy(model)
     for m in (model, ref) if ref is not None else (model,):
         use_native_gqa(m)  # same attention, without copying grouped KV heads
     optimizer, scheduler = make_optimizer(model, params)

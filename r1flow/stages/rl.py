@@ -105,7 +105,8 @@ def run(ctx: StageContext) -> None:
 
     cfg: RLConfig = ctx.config
     model, tokenizer = load_policy(ctx.inputs["policy"], ctx)
-    ref_model = load_policy(ctx.inputs["policy"], ctx)[0].eval() if cfg.grpo.beta > 0 else None
+    wants_ref = cfg.grpo.beta > 0 or cfg.grpo.log_kl
+    ref_model = load_policy(ctx.inputs["policy"], ctx)[0].eval() if wants_ref else None
     per_source = [_prompts(p, ctx) for p in cfg.prompts]
     by_prompt: dict[str, dict] = {}
     for rows in per_source:
