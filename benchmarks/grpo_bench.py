@@ -1,6 +1,6 @@
 """GRPO step time: r1flow's trainer against TRL's ``GRPOTrainer`` on the same model and work.
 
-    python -m benchmarks.grpo_bench [--reps 5] [--steps 4] [--sizes small,10m]   (``make bench``)
+    python -m benchmarks.grpo_bench [--reps 5] [--steps 3] [--sizes small,10m] [--bare-prompts]   (``make bench``)
 
 Both sides get the same locally built Qwen2 model and tokenizer, the same 8 prompts × 8
 generations, exactly ``tokens`` completion tokens (EOS suppressed in both), β = 0, token-mean
@@ -55,10 +55,12 @@ def build_model(size: str, out: Path) -> Path:
 
 
 def bench_prompts(n: int) -> list[str]:
+    """R1-Zero-template prompts (~100 tokens), or the bare questions (~10) with R1FLOW_BENCH_BARE=1."""
     from r1flow.data.arith import rl_prompts
     from r1flow.templates import render_prompt
 
-    return [render_prompt(p.question, "r1_zero") for p in rl_prompts(n, seed=5)]
+    bare = os.environ.get("R1FLOW_BENCH_BARE") == "1"
+    return [p.question if bare else render_prompt(p.question, "r1_zero") for p in rl_prompts(n, seed=5)]
 
 
 def peak_rss_mb() -> float:
@@ -239,7 +241,9 @@ def bench_size(size: str, root: Path, reps: int, steps: int, threads: int) -> fl
     phases = {k: statistics.median(r["phases"][k] for r in runs["ours"]) for k in runs["ours"][0]["phases"]}
     phases["overhead"] = max(0.0, med["ours"] - sum(phases.values()))
     print("ours, where a step goes: " + ", ".join(f"{k} {v:.3f} s ({v / med['ours']:.0%})" for k, v in phases.items()))
-    prompt_tokens = statistics.mean(len(load_model(str(model))[1](p)["input_ids"]) for p in bench_prompts(PROMPTS))
+    tokenizer = load_model(str(model))[1]
+    prompt_tokens = statistics.mean(len(tokenizer(p)["input_ids"]) for p in bench_prompts(PROMPTS))
+    print(f"prompts: {prompt_tokens:.0f} tokens on average")
     achieved = step_flops(params, round(prompt_tokens), tokens) / med["ours"] / 1e9
     ceiling = matmul_gflops(threads)
     print(f"ours: {achieved:.1f} GFLOP/s achieved, {achieved / ceiling:.0%} of a plain {ceiling:.0f} GFLOP/s matmul")
@@ -249,13 +253,17 @@ def bench_size(size: str, root: Path, reps: int, steps: int, threads: int) -> fl
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--reps", type=int, default=5)
-    p.add_argument("--steps", type=int, default=4, help="timed steps per worker (after one warm-up)")
+    p.add_argument("--steps", type=int, default=3, help="timed steps per worker (after one warm-up)")
     p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument("--sizes", default="small,10m")
+    p.add_argument("--bare-prompts", action="store_true",
+                   help="bare questions (~10 tokens) instead of the R1-Zero template (~100 tokens)")
     p.add_argument("--worker", choices=("ours", "trl", "check"))
     p.add_argument("--model")
     p.add_argument("--tokens", type=int)
     args = p.parse_args(argv)
+    if args.bare_prompts:
+        os.environ["R1FLOW_BENCH_BARE"] = "1"  # inherited by the worker subprocesses
     if args.worker:
         args.impl = args.worker
         worker(args)
