@@ -51,6 +51,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from r1flow.attention import use_native_gqa
+from r1flow.checkpoint import Checkpointer
 from r1flow.decode import DecodeEngine
 from r1flow.engine import GenerationEngine, Rollouts
 from r1flow.grpo.logprobs import shared_prompt_logprobs
@@ -305,9 +306,14 @@ def _sample_rows(step: int, prompts: list[dict], rollouts: Rollouts, rewards: Te
 
 def train_grpo(model, tokenizer, prompts: list[dict], reward_fns: list[RewardSpec], params: GRPOParams,
                tracker: Tracker | None = None, *, engine: GenerationEngine | None = None, ref_model=None,
-               on_step: Callable[[int, GRPOState], None] | None = None) -> dict[str, float]:
+               on_step: Callable[[int, GRPOState], None] | None = None,
+               checkpoints: Checkpointer | None = None) -> dict[str, float]:
     """Train ``model`` in place with GRPO on ``prompts`` (``{"prompt", "gold", "source"}``, prompt
     already rendered); returns a summary: steps, optimizer steps, first and last mean reward, runtime.
+
+    With ``checkpoints``, the loop first continues from the newest complete checkpoint, if any
+    (the reference model, when there is one, is taken before: it stays the starting policy), and
+    saves one every ``checkpoints.every`` steps.
     """
     if not prompts:
         raise ValueError("train_grpo needs at least one prompt")
@@ -324,8 +330,13 @@ def train_grpo(model, tokenizer, prompts: list[dict], reward_fns: list[RewardSpe
     device = next(model.parameters()).device
     needs_old = params.mu > 1 or params.num_minibatches > 1
     model.train()
-    start, window, rewards, optimizer_steps = time.perf_counter(), defaultdict(list), [], 0
-    for step in range(params.steps):
+    start, window, rewards, optimizer_steps, first = time.perf_counter(), defaultdict(list), [], 0, 0
+    restored = checkpoints.restore(model=model, optimizer=optimizer, scheduler=scheduler) if checkpoints else None
+    if restored is not None:
+        first, rewards, optimizer_steps = restored.step, restored.extra["rewards"], restored.extra["optimizer_steps"]
+        window = defaultdict(list, restored.extra["window"])
+        engine.sync_weights(model)
+    for step in range(first, params.steps):
         clock, step_start = _Clock(), time.perf_counter()
         picked = step_prompt_indices(len(prompts), k * world, params.seed, step)[rank * k:(rank + 1) * k]
         chosen = [prompts[i] for i in picked]
@@ -362,6 +373,9 @@ def train_grpo(model, tokenizer, prompts: list[dict], reward_fns: list[RewardSpe
             window = defaultdict(list)
         if rank == 0 and (done % params.sample_every == 0 or done == 1):
             tracker.log_table(_sample_rows(done, rows, rollouts, scores.total, group), f"samples_step{done}")
+        if checkpoints is not None and checkpoints.due(done, params.steps):
+            checkpoints.save(done, model=model, optimizer=optimizer, scheduler=scheduler,
+                             extra={"rewards": rewards, "optimizer_steps": optimizer_steps, "window": dict(window)})
         if on_step is not None:
             on_step(done, GRPOState(done, params.steps, model, optimizer, scheduler, optimizer_steps, metrics))
     model.eval()
