@@ -60,7 +60,7 @@ class PipelineRun:
         started = time.time()
         task = run_stage.with_options(result_storage=self.result_storage,
                                       refresh_cache=name in self.refresh)
-        state = task(name, key, config, inputs, self.runtime, return_state=True)
+        state = task(name, key, config, inputs, self.runtime, fresh=name in self.refresh, return_state=True)
         if not state.is_completed():
             self._record(name, state="failed")
             state.result()  # raises the stage's error

@@ -86,10 +86,11 @@ def report_table(name: str | None, fmt: str = "markdown") -> str:
 
 
 def inputs_of(stage: str, name: str, config: PipelineConfig) -> dict[str, str]:
-    """The artifact URIs a stage consumed in the latest run ``name`` (for ``r1flow stage``)."""
+    """The artifact URIs a stage consumed in the newest run ``name`` that ran it (for
+    ``r1flow stage``; a single-stage run under the same name records only its own stage)."""
     config.section(stage)
-    _, rows = stage_rows(name)
-    for row in rows:
-        if row["stage"] == stage:
-            return json.loads(row["inputs"])
+    for run in mlflow_runs.find_pipeline_runs(Runtime().tracking_uri, name):
+        inputs = run.data.tags.get(f"r1flow.stage.{stage}.inputs")
+        if inputs is not None:
+            return json.loads(inputs)
     raise LookupError(f"stage {stage} did not run in pipeline {name!r}; pass --input NAME=URI")

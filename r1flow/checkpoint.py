@@ -30,6 +30,13 @@ from r1flow.store import Store
 STEP_DIR = re.compile(r"step-(\d{8})$")
 
 
+def checkpoint_prefix(output_key: str) -> str:
+    """Where a stage run's checkpoints go: beside its output, under the same cache key
+    (``artifacts/<stage>/<key>`` → ``checkpoints/<stage>/<key>``), so a re-run of the same work
+    finds them and a changed config does not."""
+    return "checkpoints/" + output_key.removeprefix("artifacts/")
+
+
 def rng_state() -> dict[str, Any]:
     return {"torch": torch.get_rng_state(), "python": random.getstate()}
 
@@ -52,10 +59,11 @@ class Checkpointer:
     """Saves every ``every`` steps into ``store`` under ``prefix``; restores the newest good one."""
 
     def __init__(self, store: Store, prefix: str, *, every: int, keep: int = 2,
-                 warn: Callable[[str], None] = print) -> None:
+                 log: Callable[[str], None] = print, meta: dict[str, str] | None = None) -> None:
         if every < 1 or keep < 1:
             raise ValueError(f"checkpoint every={every} and keep={keep} must be >= 1")
-        self.store, self.prefix, self.every, self.keep, self.warn = store, prefix.strip("/"), every, keep, warn
+        self.store, self.prefix, self.every, self.keep, self.log = store, prefix.strip("/"), every, keep, log
+        self.meta = dict(meta or {})  # recorded on every checkpoint, e.g. the MLflow run to re-attach to
 
     def due(self, step: int, total: int) -> bool:
         """Save after ``step`` (1-based)? Not after the last one: the stage's output follows."""
@@ -67,7 +75,7 @@ class Checkpointer:
             torch.save(model.state_dict(), folder / "model.pt")
             torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                         "rng": rng_state(), "extra": extra}, folder / "state.pt")
-            ref = self.store.put_dir(folder, f"{self.prefix}/step-{step:08d}", meta={"step": str(step)})
+            ref = self.store.put_dir(folder, f"{self.prefix}/step-{step:08d}", meta={**self.meta, "step": str(step)})
         self._prune()
         return ref.uri
 
@@ -80,12 +88,17 @@ class Checkpointer:
                 found.append(int(match.group(1)))
         return sorted(found, reverse=True)
 
+    def latest_meta(self) -> dict[str, str] | None:
+        """The meta of the newest complete checkpoint (manifest present), without reading it."""
+        steps = self.steps()
+        return self.store.manifest(f"{self.prefix}/step-{steps[0]:08d}").meta if steps else None
+
     def restore(self, *, model, optimizer, scheduler) -> Restored | None:
         """Load the newest checkpoint whose files verify; None when there is none."""
         for step in self.steps():
             key = f"{self.prefix}/step-{step:08d}"
             if not self.store.verify(key, deep=True):
-                self.warn(f"checkpoint {self.store.resolve(key)} is incomplete or corrupt; trying an older one")
+                self.log(f"warning: checkpoint {self.store.resolve(key)} is incomplete or corrupt; trying an older one")
                 continue
             with tempfile.TemporaryDirectory(prefix="r1flow-ckpt-") as tmp:
                 folder = self.store.get_dir(key, tmp)
@@ -94,6 +107,7 @@ class Checkpointer:
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             set_rng_state(state["rng"])
+            self.log(f"resuming from checkpoint {self.store.resolve(key)} (after step {state['step']})")
             return Restored(step=int(state["step"]), extra=state["extra"], uri=self.store.resolve(key))
         return None
 

@@ -85,13 +85,15 @@ class PromptSource(Section):
 class RLConfig(Section):
     """A GRPO stage: R1-Zero, reasoning RL (§2.3.2) or all-scenario RL (§2.3.4)."""
 
-    cache_exclude: ClassVar[set[str]] = {"eval_every"}
+    cache_exclude: ClassVar[set[str]] = {"eval_every", "checkpoint_every", "keep_checkpoints"}
     template: Literal["r1_zero", "r1"] = Field("r1", description="prompt template")
     prompts: list[PromptSource] = Field(default_factory=lambda: [PromptSource()])
     grpo: GRPOParams = Field(default_factory=GRPOParams)
     engine: Literal["torch", "hf", "vllm"] = Field(
         "torch", description="rollout engine: 'torch' (lean KV-cache loop), 'hf' (generate), 'vllm'")
     eval_every: int = Field(0, ge=0, description="steps between held-out evaluations (0: end only)")
+    checkpoint_every: int = Field(0, ge=0, description="steps between mid-stage checkpoints (0: none)")
+    keep_checkpoints: int = Field(2, ge=1, description="newest complete checkpoints kept")
 
 
 class ColdStartConfig(Section):

@@ -91,6 +91,20 @@ def end_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
     client(uri).set_terminated(run_id, status=status)
 
 
+def reopen_run(uri: str, run_id: str) -> bool:
+    """Mark an ended run RUNNING again (a stage resuming from a checkpoint logs into the same run);
+    False when the run no longer exists."""
+    c = client(uri)
+    try:
+        run = c.get_run(run_id)
+    except Exception:  # deleted, or another tracking server
+        return False
+    c.update_run(run_id, status="RUNNING")
+    resumes = int(run.data.tags.get("r1flow.resumes", "0")) + 1
+    c.set_tag(run_id, "r1flow.resumes", str(resumes))
+    return True
+
+
 def find_pipeline_runs(uri: str, name: str | None = None, experiment: str = EXPERIMENT) -> list:
     """Parent runs, newest first; optionally only those of pipeline ``name``."""
     c = client(uri)

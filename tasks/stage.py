@@ -21,6 +21,7 @@ from prefect import get_run_logger, task
 from prefect.context import get_run_context
 
 from r1flow import mlflow_runs
+from r1flow.checkpoint import Checkpointer, checkpoint_prefix
 from r1flow.launcher import StageCrashed, StageInputError, check_exit, run_process, stage_command
 from r1flow.runtime import Runtime
 from r1flow.stages.runner import StageSpec
@@ -44,15 +45,16 @@ def _retry_crashes_only(task, task_run, state) -> bool:
 @task(name="stage", task_run_name="{stage}", cache_key_fn=_key_from_params, persist_result=True,
       retries=1, retry_delay_seconds=2, retry_condition_fn=_retry_crashes_only)
 def run_stage(stage: str, key: str, config: dict[str, Any], inputs: dict[str, ArtifactRef],
-              runtime: Runtime) -> ArtifactRef:
-    """Run ``stage`` as its own process and return the artifact it published."""
+              runtime: Runtime, fresh: bool = False) -> ArtifactRef:
+    """Run ``stage`` as its own process and return the artifact it published (``fresh``: even
+    when an earlier attempt already published it — ``--refresh``)."""
     logger = get_run_logger()
     store = runtime.store()
     output_key = runtime.output_key(stage, key)
-    if store.verify(output_key):  # published by an earlier attempt whose record was lost
+    if not fresh and store.verify(output_key):  # published by an earlier attempt whose record was lost
         logger.info("stage %s: output already published at %s", stage, store.resolve(output_key))
         return store.ref(output_key)
-    run_id = _start_mlflow_run(stage, key, inputs, runtime)
+    run_id = _reattach_mlflow_run(store, output_key, runtime) or _start_mlflow_run(stage, key, inputs, runtime)
     spec = StageSpec(stage=stage, config=config, runtime=runtime.stage_runtime(), inputs=inputs,
                      output_key=output_key, store_root=runtime.store_root,
                      s3_endpoint_url=runtime.s3_endpoint_url, tracking_uri=runtime.tracking_uri,
@@ -94,6 +96,17 @@ def run_stage(stage: str, key: str, config: dict[str, Any], inputs: dict[str, Ar
     if "ref" not in result:
         raise StageCrashed(f"stage {stage} exited cleanly but published no artifact")
     return result["ref"]
+
+
+def _reattach_mlflow_run(store, output_key: str, runtime: Runtime) -> str | None:
+    """The MLflow run named by this stage run's newest checkpoint, reopened: a resumed stage logs
+    into the run it crashed in (its last value per metric and step is the uninterrupted one)."""
+    meta = Checkpointer(store, checkpoint_prefix(output_key), every=1).latest_meta()
+    run_id = (meta or {}).get("mlflow_run_id")
+    if run_id and mlflow_runs.reopen_run(runtime.tracking_uri, run_id):
+        get_run_logger().info("re-attaching to MLflow run %s (checkpoint after step %s)", run_id, meta.get("step"))
+        return run_id
+    return None
 
 
 def _start_mlflow_run(stage: str, key: str, inputs: dict[str, ArtifactRef], runtime: Runtime) -> str:

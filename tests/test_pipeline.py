@@ -142,3 +142,27 @@ def test_one_stage_flow_reuses_the_inputs_of_a_named_run(micro_home):
     assert "distill" in out.stdout and "artifacts/distill/" in out.stdout
     missing = r1flow(["stage", "sft", "--preset", "micro", "--name", "never-ran"], home)
     assert missing.returncode == 2 and "never-ran" in missing.stderr
+
+
+def test_a_killed_stage_is_retried_and_resumes_from_its_checkpoint(micro_home):
+    """SIGKILL in the middle of r1_zero's GRPO (after its checkpoint at step 2): the Prefect task
+    retries the crash, the new process resumes from that checkpoint and logs into the same MLflow
+    run, which ends FINISHED with every step's metrics."""
+    from r1flow import mlflow_runs
+
+    home, _ = micro_home
+    marker = home / "fault-fired"
+    out = r1flow(["stage", "r1_zero", "--preset", "micro", "--name", "first", "--refresh",
+                  "--set", "r1_zero.checkpoint_every=1", "--set", "r1_zero.grpo.log_every=1"], home,
+                 R1FLOW_FAULT_KILL=f"r1_zero:2:{marker}")
+    text = out.stdout + out.stderr
+    assert out.returncode == 0, text[-4000:]
+    assert marker.exists()  # the fault fired: the first attempt died after step 2
+    assert "resuming from checkpoint" in text and "step-00000002" in text
+    assert "re-attaching to MLflow run" in text
+    c = mlflow_runs.client(f"sqlite:///{home / 'mlflow.db'}")
+    runs = [r for r in c.search_runs([e.experiment_id for e in c.search_experiments()],
+                                     "tags.`r1flow.resumes` = '1'")]
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    steps = [m.step for m in c.get_metric_history(runs[0].info.run_id, "reward/mean")]
+    assert sorted(set(steps)) == [1, 2, 3]

@@ -74,7 +74,7 @@ def test_corrupt_newest_checkpoint_falls_back_and_pruning_keeps_the_newest(tiny,
     tok, model = tiny
     warnings: list[str] = []
     store = LocalStore(tmp_path / "store")
-    ckpt = Checkpointer(store, "ck", every=1, keep=2, warn=warnings.append)
+    ckpt = Checkpointer(store, "ck", every=1, keep=2, log=warnings.append)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
     for step in (1, 2, 3):
@@ -84,6 +84,7 @@ def test_corrupt_newest_checkpoint_falls_back_and_pruning_keeps_the_newest(tiny,
     newest.write_bytes(newest.read_bytes()[:100])  # truncated
     restored = ckpt.restore(model=model, optimizer=optimizer, scheduler=scheduler)
     assert restored.step == 2 and restored.extra == {"position": 2}
-    assert len(warnings) == 1 and "step-00000003" in warnings[0] and "corrupt" in warnings[0]
+    assert "step-00000003" in warnings[0] and "corrupt" in warnings[0]
+    assert "resuming from" in warnings[1] and "step-00000002" in warnings[1]
     shutil.rmtree(tmp_path / "store" / "ck")
     assert ckpt.restore(model=model, optimizer=optimizer, scheduler=scheduler) is None

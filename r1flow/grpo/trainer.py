@@ -379,5 +379,5 @@ def train_grpo(model, tokenizer, prompts: list[dict], reward_fns: list[RewardSpe
         if on_step is not None:
             on_step(done, GRPOState(done, params.steps, model, optimizer, scheduler, optimizer_steps, metrics))
     model.eval()
-    return {"steps": float(params.steps), "optimizer_steps": float(optimizer_steps),
+    return {"steps": float(params.steps), "optimizer_steps": float(optimizer_steps), "resumed_from_step": float(first),
             "reward_first": rewards[0], "reward_last": rewards[-1], "runtime_s": time.perf_counter() - start}

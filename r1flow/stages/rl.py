@@ -123,13 +123,15 @@ def run(ctx: StageContext) -> None:
     recorded.history.append((0, start))
 
     def on_step(step: int, state: Any) -> None:
+        ctx.fault_point(step)
         if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.grpo.steps:
             recorded.history.append((step, evaluate(ctx, model, tokenizer, cfg.template, step=step, write=False)[0]))
 
     ctx.log(f"{ctx.spec.stage}: GRPO for {cfg.grpo.steps} steps on {len(prompts)} prompts")
     engine = make_engine(cfg.engine, model, tokenizer, batch_size=cfg.grpo.prompts_per_step * cfg.grpo.group_size)
+    checkpoints = ctx.checkpointer(cfg.checkpoint_every, cfg.keep_checkpoints) if cfg.checkpoint_every else None
     final = train_grpo(model, tokenizer, prompts, reward_fns, cfg.grpo, recorded, engine=engine,
-                       ref_model=ref_model, on_step=on_step)
+                       ref_model=ref_model, on_step=on_step, checkpoints=checkpoints)
     save_policy(model, tokenizer, ctx)
     end, end_scores = evaluate(ctx, model, tokenizer, cfg.template, step=cfg.grpo.steps)
     recorded.history.append((cfg.grpo.steps, end))

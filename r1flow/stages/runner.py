@@ -23,6 +23,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from r1flow import mlflow_runs
+from r1flow.checkpoint import Checkpointer, checkpoint_prefix
 from r1flow.events import emit
 from r1flow.launcher import EXIT_INPUT_ERROR
 from r1flow.store import ArtifactRef, Store, StoreError, open_store
@@ -72,6 +73,22 @@ class StageContext:
     def set_tags(self, **tags: Any) -> None:
         if self.rank == 0 and self.spec.mlflow_run_id and self.spec.tracking_uri:
             mlflow_runs.set_tags(self.spec.tracking_uri, self.spec.mlflow_run_id, tags)
+
+    def fault_point(self, step: int) -> None:
+        """Fault injection for crash tests: ``R1FLOW_FAULT_KILL=<stage>:<step>:<marker file>``
+        SIGKILLs this process after ``step``, once (the marker file records that it fired)."""
+        fault = os.environ.get("R1FLOW_FAULT_KILL", "")
+        if fault.count(":") < 2:
+            return
+        stage, at, marker = fault.split(":", 2)
+        if stage == self.spec.stage and at == str(step) and not Path(marker).exists():
+            Path(marker).write_text(str(os.getpid()))
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def checkpointer(self, every: int, keep: int) -> Checkpointer:
+        """Checkpoints of this stage run (``checkpoint_prefix``), each naming its MLflow run."""
+        return Checkpointer(self.store, checkpoint_prefix(self.spec.output_key), every=every, keep=keep,
+                            log=self.log, meta={"mlflow_run_id": self.spec.mlflow_run_id or ""})
 
     def write_json(self, name: str, obj: Any) -> Path:
         path = self.workdir / name
