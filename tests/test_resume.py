@@ -19,7 +19,7 @@ from r1flow.checkpoint import Checkpointer
 from r1flow.modeling import ModelArch, build_model, save_model, train_tokenizer
 from r1flow.store import LocalStore
 
-SCRIPT = Path(__file__).with_name("grpo_resume_run.py")
+SCRIPT = Path(__file__).with_name("resume_run.py")
 ARCH = ModelArch(hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=128)
 
 
@@ -29,37 +29,42 @@ def tiny(tmp_path_factory):
     return tok, build_model(ARCH, tok, seed=0)
 
 
-def run(work: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+def run(kind: str, work: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(SCRIPT.parent.parent), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, str(SCRIPT), str(work), str(out), *extra], env=env,
+    return subprocess.run([sys.executable, str(SCRIPT), kind, str(work), str(out), *extra], env=env,
                           capture_output=True, text=True, timeout=300)
 
 
 def last_values(path: Path) -> dict[tuple[str, int], float]:
-    """The last value logged per (metric, step) — what MLflow shows after a resume."""
+    """The last value logged per (metric, step) — what MLflow shows after a resume — without the
+    wall-clock ones."""
     out = {}
     for line in path.read_text().splitlines():
         row = json.loads(line)
         for key, value in row["metrics"].items():
-            if not key.startswith("time/") and key not in ("step_time_s", "tokens_per_s"):  # wall clock
+            if not key.startswith("time/") and key not in ("step_time_s", "tokens_per_s"):
                 out[(key, row["step"])] = value
     return out
 
 
-def test_sigkilled_grpo_resumes_to_the_same_weights_and_metrics(tiny, tmp_path):
+@pytest.mark.parametrize("kind", ["grpo", "sft"])
+def test_sigkilled_run_resumes_to_the_same_weights_and_metrics(tiny, tmp_path, kind):
+    """GRPO with β > 0 (the reference stays the starting policy), μ = 2 and 2 minibatches; SFT
+    with a cosine schedule: killed after step 5, resumed from the checkpoint after step 4."""
     tok, model = tiny
     for name in ("straight", "crashed"):
         save_model(model, tok, tmp_path / name / "model")
-    straight = run(tmp_path / "straight", tmp_path / "straight" / "out")
+    straight = run(kind, tmp_path / "straight", tmp_path / "straight" / "out")
     assert straight.returncode == 0, straight.stderr[-3000:]
 
-    killed = run(tmp_path / "crashed", tmp_path / "crashed" / "out", "--kill-at", "5")
+    killed = run(kind, tmp_path / "crashed", tmp_path / "crashed" / "out", "--kill-at", "5")
     assert killed.returncode == -signal.SIGKILL
     assert not (tmp_path / "crashed" / "out" / "final.pt").exists()
-    ckpt = Checkpointer(LocalStore(tmp_path / "crashed" / "store"), "checkpoints/grpo", every=2, keep=2)
+    ckpt = Checkpointer(LocalStore(tmp_path / "crashed" / "store"), f"checkpoints/{kind}", every=2, keep=2)
     assert ckpt.steps() == [4, 2]  # saved after steps 2 and 4; killed after 5
-    resumed = run(tmp_path / "crashed", tmp_path / "crashed" / "out")
+    resumed = run(kind, tmp_path / "crashed", tmp_path / "crashed" / "out")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from checkpoint" in resumed.stdout
 
     a = torch.load(tmp_path / "straight" / "out" / "final.pt")
     b = torch.load(tmp_path / "crashed" / "out" / "final.pt")

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
+from r1flow.checkpoint import Checkpointer
 from r1flow.tracking import NullTracker, Tracker
 
 IGNORE = -100
@@ -204,9 +205,12 @@ def train_sft(
     params: SFTParams,
     tracker: Tracker | None = None,
     on_step: Callable[[StepState], None] | None = None,
+    checkpoints: Checkpointer | None = None,
 ) -> dict[str, float]:
     """Train ``model`` in place on ``examples``; returns final metrics (loss of the last window,
-    mean loss of the run, steps, tokens, runtime)."""
+    mean loss of the run, steps, tokens, runtime). With ``checkpoints`` it first continues from
+    the newest complete checkpoint, if any, and saves one every ``checkpoints.every`` steps (the
+    data position is the step: the order is a pure function of seed and epoch)."""
     if not examples:
         raise ValueError("train_sft needs at least one example")
     tracker = tracker or NullTracker()
@@ -222,10 +226,17 @@ def train_sft(
     per_epoch = math.ceil(len(encoded) / params.batch_size)
     model.train()
     start = window_start = time.perf_counter()
-    window_losses, window_tokens, all_losses, tokens_seen = [], 0, [], 0
-    for step in range(steps):
+    window_losses, window_tokens, all_losses, tokens_seen, first = [], 0, [], 0, 0
+    final_window = float("nan")
+    restored = checkpoints.restore(model=model, optimizer=optimizer, scheduler=scheduler) if checkpoints else None
+    if restored is not None:
+        first = restored.step
+        window_losses, window_tokens = restored.extra["window_losses"], restored.extra["window_tokens"]
+        all_losses, tokens_seen = restored.extra["all_losses"], restored.extra["tokens_seen"]
+        final_window = restored.extra["final_window"]
+    for step in range(first, steps):
         epoch, batch_in_epoch = divmod(step, per_epoch)
-        if batch_in_epoch == 0 or step == 0:
+        if batch_in_epoch == 0 or step == first:
             order = epoch_order(len(encoded), params.seed, epoch)
         picked = order[batch_in_epoch * params.batch_size : (batch_in_epoch + 1) * params.batch_size]
         batch = collate([encoded[i] for i in picked], pad_id)
@@ -255,6 +266,10 @@ def train_sft(
             tracker.progress(step + 1, steps, loss=round(metrics["loss"], 4))
             final_window = metrics["loss"]
             window_losses, window_tokens, window_start = [], 0, time.perf_counter()
+        if checkpoints is not None and checkpoints.due(step + 1, steps):
+            checkpoints.save(step + 1, model=model, optimizer=optimizer, scheduler=scheduler, extra={
+                "window_losses": window_losses, "window_tokens": window_tokens, "all_losses": all_losses,
+                "tokens_seen": tokens_seen, "final_window": final_window})
         if on_step is not None:
             on_step(StepState(step + 1, steps, epoch, batch_in_epoch + 1, value, model, optimizer, scheduler))
     model.eval()
