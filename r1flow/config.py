@@ -82,21 +82,27 @@ class PromptSource(Section):
                                                                RewardSpec(name="format", weight=0.1)])
 
 
-class RLConfig(Section):
+class Checkpointed(Section):
+    """A training stage that can checkpoint mid-run and resume (``r1flow.checkpoint``)."""
+
+    cache_exclude: ClassVar[set[str]] = {"checkpoint_every", "keep_checkpoints"}
+    checkpoint_every: int = Field(0, ge=0, description="steps between mid-stage checkpoints (0: none)")
+    keep_checkpoints: int = Field(2, ge=1, description="newest complete checkpoints kept")
+
+
+class RLConfig(Checkpointed):
     """A GRPO stage: R1-Zero, reasoning RL (§2.3.2) or all-scenario RL (§2.3.4)."""
 
-    cache_exclude: ClassVar[set[str]] = {"eval_every", "checkpoint_every", "keep_checkpoints"}
+    cache_exclude: ClassVar[set[str]] = Checkpointed.cache_exclude | {"eval_every"}
     template: Literal["r1_zero", "r1"] = Field("r1", description="prompt template")
     prompts: list[PromptSource] = Field(default_factory=lambda: [PromptSource()])
     grpo: GRPOParams = Field(default_factory=GRPOParams)
     engine: Literal["torch", "hf", "vllm"] = Field(
         "torch", description="rollout engine: 'torch' (lean KV-cache loop), 'hf' (generate), 'vllm'")
     eval_every: int = Field(0, ge=0, description="steps between held-out evaluations (0: end only)")
-    checkpoint_every: int = Field(0, ge=0, description="steps between mid-stage checkpoints (0: none)")
-    keep_checkpoints: int = Field(2, ge=1, description="newest complete checkpoints kept")
 
 
-class ColdStartConfig(Section):
+class ColdStartConfig(Checkpointed):
     """Stage 1 (§2.3.1): curate long-CoT examples, then SFT the base on them."""
 
     sources: list[str] = Field(default_factory=lambda: ["r1_zero"],
@@ -122,7 +128,7 @@ class RejectionConfig(Section):
     min_kept: int = Field(1, ge=0, description="fail when fewer samples survive the filters")
 
 
-class SFTConfig(Section):
+class SFTConfig(Checkpointed):
     """Stage 4 (SFT of the base, paper: 2 epochs) and stage 6 (distillation of a student)."""
 
     model: Literal["teacher", "student"] = Field("teacher", description="which base to train")

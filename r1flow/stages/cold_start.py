@@ -59,6 +59,7 @@ def run(ctx: StageContext) -> None:
     write_dataset(ctx, examples)
     ctx.tracker.log_table(examples[:32], "cold_start_examples")
     model, tokenizer = load_policy(ctx.inputs["base"], ctx)
-    final = train_sft(model, tokenizer, examples, cfg.train, ctx.tracker)
+    final = train_sft(model, tokenizer, examples, cfg.train, ctx.tracker, on_step=lambda s: ctx.fault_point(s.step),
+                      checkpoints=ctx.checkpointer())
     save_policy(model, tokenizer, ctx)
     evaluate(ctx, model, tokenizer, "r1", step=int(final.get("steps", 0)))

@@ -129,9 +129,8 @@ def run(ctx: StageContext) -> None:
 
     ctx.log(f"{ctx.spec.stage}: GRPO for {cfg.grpo.steps} steps on {len(prompts)} prompts")
     engine = make_engine(cfg.engine, model, tokenizer, batch_size=cfg.grpo.prompts_per_step * cfg.grpo.group_size)
-    checkpoints = ctx.checkpointer(cfg.checkpoint_every, cfg.keep_checkpoints) if cfg.checkpoint_every else None
     final = train_grpo(model, tokenizer, prompts, reward_fns, cfg.grpo, recorded, engine=engine,
-                       ref_model=ref_model, on_step=on_step, checkpoints=checkpoints)
+                       ref_model=ref_model, on_step=on_step, checkpoints=ctx.checkpointer())
     save_policy(model, tokenizer, ctx)
     end, end_scores = evaluate(ctx, model, tokenizer, cfg.template, step=cfg.grpo.steps)
     recorded.history.append((cfg.grpo.steps, end))

@@ -85,10 +85,15 @@ class StageContext:
             Path(marker).write_text(str(os.getpid()))
             os.kill(os.getpid(), signal.SIGKILL)
 
-    def checkpointer(self, every: int, keep: int) -> Checkpointer:
-        """Checkpoints of this stage run (``checkpoint_prefix``), each naming its MLflow run."""
-        return Checkpointer(self.store, checkpoint_prefix(self.spec.output_key), every=every, keep=keep,
-                            log=self.log, meta={"mlflow_run_id": self.spec.mlflow_run_id or ""})
+    def checkpointer(self) -> Checkpointer | None:
+        """Checkpoints of this stage run (``checkpoint_prefix``), each naming its MLflow run; None
+        when the stage's ``checkpoint_every`` is 0."""
+        every = getattr(self.config, "checkpoint_every", 0)
+        if not every:
+            return None
+        return Checkpointer(self.store, checkpoint_prefix(self.spec.output_key), every=every,
+                            keep=self.config.keep_checkpoints, log=self.log,
+                            meta={"mlflow_run_id": self.spec.mlflow_run_id or ""})
 
     def write_json(self, name: str, obj: Any) -> Path:
         path = self.workdir / name

@@ -25,7 +25,8 @@ def run(ctx: StageContext) -> None:
     examples = sft_examples_from(ctx.inputs["data"])
     model, tokenizer = load_policy(ctx.inputs["base"], ctx, which=cfg.model)
     ctx.log(f"SFT of the {cfg.model} base on {len(examples)} examples")
-    final = train_sft(model, tokenizer, examples, cfg.train, ctx.tracker)
+    final = train_sft(model, tokenizer, examples, cfg.train, ctx.tracker, on_step=lambda s: ctx.fault_point(s.step),
+                      checkpoints=ctx.checkpointer())
     save_policy(model, tokenizer, ctx)
     ctx.write_json("train.json", {"examples": len(examples), **final})
     evaluate(ctx, model, tokenizer, "r1", step=int(final.get("steps", 0)))
