@@ -132,7 +132,8 @@ def draw_expr(rng: random.Random, task: TaskParams) -> Expr:
     for _ in range(n - 1):
         can_add, can_sub = cap is None or total < cap, total >= 1
         op = rng.choice("+-") if can_add and can_sub else ("+" if can_add else "-")
-        high = min(task.max_operand, cap - total if cap else task.max_operand) if op == "+" else min(total, task.max_operand)
+        room = cap - total if cap else task.max_operand  # how far an addition may go
+        high = min(task.max_operand, room) if op == "+" else min(total, task.max_operand)
         b = rng.randint(1, high)
         total = total + b if op == "+" else total - b
         operands.append(b)
