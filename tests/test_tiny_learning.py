@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import r1flow
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # the suite default is 600 s
 
 
 def test_tiny_pipeline_learns(tmp_path):
