@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from r1flow.store import Store
+from r1flow.store import Store, StoreError
 
 STEP_DIR = re.compile(r"step-(\d{8})$")
 
@@ -91,7 +91,10 @@ class Checkpointer:
     def latest_meta(self) -> dict[str, str] | None:
         """The meta of the newest complete checkpoint (manifest present), without reading it."""
         steps = self.steps()
-        return self.store.manifest(f"{self.prefix}/step-{steps[0]:08d}").meta if steps else None
+        try:
+            return self.store.manifest(f"{self.prefix}/step-{steps[0]:08d}").meta if steps else None
+        except StoreError:  # an unreadable manifest: restore() will skip that checkpoint anyway
+            return None
 
     def restore(self, *, model, optimizer, scheduler) -> Restored | None:
         """Load the newest checkpoint whose files verify; None when there is none."""
