@@ -230,7 +230,8 @@ def bench_size(size: str, root: Path, reps: int, steps: int, threads: int) -> fl
             runs[impl].append(spawn(impl, model, tokens, steps, threads))
     med = {impl: statistics.median(r["median_s"] for r in rs) for impl, rs in runs.items()}
     rss = {impl: max(r["peak_rss_mb"] for r in rs) for impl, rs in runs.items()}
-    params = sum(p.numel() for p in load_model(str(model))[0].parameters())
+    policy, tokenizer = load_model(str(model))
+    params = sum(p.numel() for p in policy.parameters())
     print(f"\n{size}: {params / 1e6:.2f}M parameters, {PROMPTS}×{GENERATIONS} × {tokens} tokens, "
           f"{threads} threads, {reps} reps × {steps} steps; same loss on a fixed batch: "
           f"{losses['ours']:.6g} vs {losses['trl']:.6g}")
@@ -241,7 +242,6 @@ def bench_size(size: str, root: Path, reps: int, steps: int, threads: int) -> fl
     phases = {k: statistics.median(r["phases"][k] for r in runs["ours"]) for k in runs["ours"][0]["phases"]}
     phases["overhead"] = max(0.0, med["ours"] - sum(phases.values()))
     print("ours, where a step goes: " + ", ".join(f"{k} {v:.3f} s ({v / med['ours']:.0%})" for k, v in phases.items()))
-    tokenizer = load_model(str(model))[1]
     prompt_tokens = statistics.mean(len(tokenizer(p)["input_ids"]) for p in bench_prompts(PROMPTS))
     print(f"prompts: {prompt_tokens:.0f} tokens on average")
     achieved = step_flops(params, round(prompt_tokens), tokens) / med["ours"] / 1e9

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from r1flow.attention import use_native_gqa
-from r1flow.engine import Rollouts, assemble_rollouts, check_generate_args, eos_token_ids, left_pad, seeded
+from r1flow.engine import HFEngine, Rollouts, assemble_rollouts, check_generate_args, left_pad, seeded
 
 
 def nucleus_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -39,21 +39,16 @@ def nucleus_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     return logits.masked_fill(drop, float("-inf"))
 
 
-class DecodeEngine:
-    """Samples with a hand-written KV-cache loop on the trainer's own model object."""
+class DecodeEngine(HFEngine):
+    """Samples with a hand-written KV-cache loop on the trainer's own model object (set-up and
+    weight sync as ``HFEngine``; only ``generate`` differs)."""
 
     def __init__(self, model, tokenizer, batch_size: int = 64) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        if self.pad_id is None:
-            raise ValueError("tokenizer has neither a pad nor an eos token")
-        self.eos_ids = eos_token_ids(model, tokenizer)
+        super().__init__(model, tokenizer, batch_size)
         use_native_gqa(model)
 
     def sync_weights(self, model) -> None:
-        self.model = model
+        super().sync_weights(model)
         use_native_gqa(model)
 
     def generate(self, prompts: list[str], *, n: int, max_new_tokens: int, temperature: float,
