@@ -1,22 +1,45 @@
 """The S3 side of the artifact store: ``s3://bucket/prefix`` through boto3 (see ``r1flow.store``).
 
-A configurable endpoint (MinIO, AWS, moto), a short connect timeout and few retries, so an
-unreachable endpoint fails in seconds with ``StoreUnreachable`` naming it; CRC checksums default
-to "when_required" because some S3-compatible stores reject botocore's defaults. Credentials come
-only from the boto3 chain and are never held in refs, manifests, pickles or ``repr``.
+A configurable endpoint (MinIO, AWS, moto), a short connect timeout and few botocore retries:
+a wrong or dead endpoint fails in seconds with ``StoreUnreachable`` naming it (``check``, and any
+call before the endpoint first answers). After that, a transient failure of a transfer or listing
+(connection refused/reset/closed, timeout, 5xx, SlowDown) is a blip to ride out: the operation is
+redone from scratch with capped, jittered exponential backoff for ``S3Options.retry_seconds``,
+then fails saying what, where, how many tries and how long; 4xx, missing buckets and credential
+errors never retry. A retried upload starts the file over and the manifest is written only after
+every file, so an interrupted upload never looks complete. CRC checksums default to
+"when_required" (some S3-compatible stores reject botocore's defaults). Credentials come only
+from the boto3 chain and are never held in refs, manifests, pickles, messages or ``repr``.
 """
 
 from __future__ import annotations
 
+import builtins
 import hashlib
-from collections.abc import Iterator
+import logging
+import random
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from r1flow.store import (_CHUNK, MissingArtifact, Store, StoreError, StoreUnreachable, _join)
+from r1flow.store import (
+    _CHUNK,
+    MissingArtifact,
+    Store,
+    StoreError,
+    StoreUnreachable,
+    _join,
+)
+
+log = logging.getLogger("r1flow.store")
+T = TypeVar("T")
+# S3 error codes that mean "busy or briefly broken, ask again" (besides any HTTP 5xx or 429).
+TRANSIENT_CODES = frozenset({"SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable",
+                             "Throttling", "ThrottlingException", "RequestLimitExceeded"})
 
 
 class S3Options(BaseModel):
@@ -35,7 +58,41 @@ class S3Options(BaseModel):
     multipart_threshold: int = Field(64 << 20, ge=5 << 20, description="bytes; larger files go multipart")
     multipart_chunksize: int = Field(16 << 20, ge=5 << 20, description="bytes per multipart part")
     max_concurrency: int = Field(4, ge=1, le=64, description="threads per file transfer")
+    retry_seconds: float = Field(60.0, ge=0, description="retry transient failures this long; 0 = off")
+    retry_base_delay: float = Field(0.5, gt=0, description="first backoff in seconds; doubles per attempt")
+    retry_max_delay: float = Field(10.0, gt=0, description="cap on one backoff, seconds")
 
+
+def backoff(attempt: int, base: float, cap: float, rand: float) -> float:
+    """Seconds to wait after failed attempt ``attempt`` (1-based): ``base * 2**(attempt-1)`` capped
+    at ``cap``, scaled into [50 %, 100 %] by ``rand`` in [0, 1) so parallel clients spread out."""
+    return min(cap, base * 2.0 ** min(attempt - 1, 60)) * (0.5 + 0.5 * rand)
+
+
+def is_transient(exc: BaseException | None) -> bool:
+    """Whether a botocore/boto3 failure is worth retrying: no connection, a timeout, a cut stream,
+    a 5xx/429 or a throttling code. Wrappers (boto3's S3UploadFailedError, RetriesExceededError,
+    StoreError) are judged by what they wrap; anything else (4xx, credentials) is permanent."""
+    from boto3.exceptions import Boto3Error
+    from botocore import exceptions as bce
+
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, bce.ClientError):
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            return code in TRANSIENT_CODES or status >= 500 or status == 429
+        if isinstance(exc, bce.SSLError):
+            return "certificate" not in str(exc).lower()  # a bad certificate stays bad
+        if isinstance(exc, (bce.ConnectionError, bce.HTTPClientError, bce.IncompleteReadError)):
+            return True
+        if isinstance(exc, OSError):  # a raw socket error that got past botocore
+            return isinstance(exc, (TimeoutError, builtins.ConnectionError))
+        if not isinstance(exc, (Boto3Error, StoreError)):
+            return False
+        exc = getattr(exc, "last_exception", None) or exc.__cause__ or exc.__context__
+    return False
 
 
 class S3Store(Store):
@@ -69,6 +126,7 @@ class S3Store(Store):
             multipart_chunksize=o.multipart_chunksize,
             max_concurrency=o.max_concurrency,
         )
+        self._reached = False  # has the endpoint ever answered this instance? (see _retry)
 
     def __reduce__(self) -> tuple[Any, ...]:
         """Pickles as (root, endpoint, options): the boto3 client and its credentials stay behind."""
@@ -91,6 +149,7 @@ class S3Store(Store):
         except NoCredentialsError as e:
             raise StoreError(f"no AWS credentials in the environment/boto3 chain for {self.endpoint}") from e
         except ClientError as e:
+            self._reached = True  # an HTTP answer, even an error, means the endpoint is there
             code = e.response.get("Error", {}).get("Code", "")
             if code in ("404", "NoSuchKey", "NotFound"):
                 raise MissingArtifact(f"nothing at s3://{self.bucket} while {doing}") from e
@@ -98,10 +157,45 @@ class S3Store(Store):
         except Boto3Error as e:
             raise StoreError(f"S3 transfer failed at {self.endpoint} while {doing}: {e}") from e
 
+    def _retry(self, doing: str, call: Callable[[], T]) -> T:
+        """``call()`` under ``_errors``, redone from scratch on transient failures with backoff.
+
+        The budget runs from the first failure, so a long transfer that fails late still gets
+        its full ``retry_seconds``. An endpoint that has never answered fails at once: a wrong
+        URL or a server that is down should say so in seconds, as ``check`` does."""
+        o, attempt, started, first_failure = self.options, 0, time.monotonic(), None
+        while True:
+            attempt += 1
+            try:
+                with self._errors(doing):
+                    result = call()
+                self._reached = True
+                return result
+            except StoreError as e:
+                if not (self._reached and is_transient(e.__cause__)):
+                    raise
+                now = time.monotonic()
+                first_failure = now if first_failure is None else first_failure
+                left = o.retry_seconds - (now - first_failure)
+                if left <= 0:
+                    if attempt == 1:
+                        raise
+                    raise StoreUnreachable(
+                        f"S3 endpoint {self.endpoint} did not recover while {doing}: gave up after "
+                        f"{attempt} attempts and {now - started:.1f} s "
+                        f"(retry_seconds={o.retry_seconds:g}); last error: {e.__cause__}"
+                    ) from e.__cause__
+                delay = min(left, backoff(attempt, o.retry_base_delay, o.retry_max_delay, random.random()))
+                log.warning("S3 %s: attempt %d %s failed (%s: %s); retrying in %.1f s (%.1f s of budget left)",
+                            self.endpoint, attempt, doing, type(e.__cause__).__name__,
+                            str(e.__cause__).strip()[:200], delay, left)
+                time.sleep(delay)
+
     def _obj(self, key: str) -> str:
         return _join(self.prefix, key)
 
     def check(self) -> None:
+        """Fail fast (no store-level retries): preflight wants an answer in seconds."""
         probe = self._obj(".check")
         try:
             with self._errors(f"checking bucket {self.bucket!r} is reachable and writable"):
@@ -110,43 +204,55 @@ class S3Store(Store):
                 self._client.delete_object(Bucket=self.bucket, Key=probe)
         except MissingArtifact:
             raise StoreError(f"bucket {self.bucket!r} does not exist at {self.endpoint}") from None
+        self._reached = True
 
     def _read(self, key: str) -> bytes:
-        with self._errors(f"reading {self.resolve(key)}"):
-            return self._client.get_object(Bucket=self.bucket, Key=self._obj(key))["Body"].read()
+        get = lambda: self._client.get_object(Bucket=self.bucket, Key=self._obj(key))["Body"].read()
+        return self._retry(f"reading {self.resolve(key)}", get)
 
     def _write(self, key: str, data: bytes) -> None:
-        with self._errors(f"writing {self.resolve(key)}"):
-            self._client.put_object(Bucket=self.bucket, Key=self._obj(key), Body=data)
+        put = lambda: self._client.put_object(Bucket=self.bucket, Key=self._obj(key), Body=data)
+        self._retry(f"writing {self.resolve(key)}", put)
 
     def _upload(self, path: Path, key: str) -> None:
-        with self._errors(f"uploading {path} to {self.resolve(key)}"):
-            self._client.upload_file(str(path), self.bucket, self._obj(key), Config=self._transfer)
+        # s3transfer aborts a failed multipart upload and a retry starts the file over; nothing is
+        # visible before put_dir writes the manifest after the last file.
+        up = lambda: self._client.upload_file(str(path), self.bucket, self._obj(key), Config=self._transfer)
+        self._retry(f"uploading {path} to {self.resolve(key)}", up)
 
     def _download(self, key: str, path: Path) -> None:
-        with self._errors(f"downloading {self.resolve(key)}"):
-            self._client.download_file(self.bucket, self._obj(key), str(path), Config=self._transfer)
+        # s3transfer writes a temp file and renames it, so a retry simply overwrites
+        down = lambda: self._client.download_file(self.bucket, self._obj(key), str(path), Config=self._transfer)
+        self._retry(f"downloading {self.resolve(key)}", down)
 
     def _sizes(self, prefix: str) -> dict[str, int]:
         base = self._obj(prefix)
         start = f"{base}/" if base else ""
-        out: dict[str, int] = {}
-        with self._errors(f"listing {self.resolve(prefix)}"):
+
+        def listing() -> dict[str, int]:
+            out: dict[str, int] = {}
             pages = self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=start)
             for page in pages:
                 out.update({o["Key"][len(start) :]: o["Size"] for o in page.get("Contents", [])})
-        return out
+            return out
+
+        return self._retry(f"listing {self.resolve(prefix)}", listing)
 
     def _sha(self, key: str) -> str:
-        h = hashlib.sha256()
-        with self._errors(f"hashing {self.resolve(key)}"):
+        def digest() -> str:
+            h = hashlib.sha256()
             body = self._client.get_object(Bucket=self.bucket, Key=self._obj(key))["Body"]
             for chunk in body.iter_chunks(_CHUNK):
                 h.update(chunk)
-        return h.hexdigest()
+            return h.hexdigest()
+
+        return self._retry(f"hashing {self.resolve(key)}", digest)
 
     def _remove(self, keys: list[str]) -> None:
         for i in range(0, len(keys), 1000):
             batch = [{"Key": self._obj(k)} for k in keys[i : i + 1000]]
-            with self._errors(f"deleting under {self.root_uri}"):
-                self._client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+            delete = lambda b=batch: self._client.delete_objects(
+                Bucket=self.bucket, Delete={"Objects": b, "Quiet": True}
+            )
+            self._retry(f"deleting under {self.root_uri}", delete)
+
