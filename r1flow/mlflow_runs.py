@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import time
 from pathlib import Path
 from typing import Any
 
@@ -124,19 +123,25 @@ def child_runs(uri: str, parent_run) -> list:
 
 
 class MLflowTracker(NullTracker):
-    """Logs stepped metrics and tables to one MLflow run (use on rank 0 only)."""
+    """Logs stepped metrics and tables to one MLflow run (use on rank 0 only).
 
-    def __init__(self, uri: str, run_id: str) -> None:
+    Metrics go through a ``MetricQueue`` (never blocks on the tracking server; spills to
+    ``spill_dir`` when the server is away); tables and artifacts are sent at once. ``close`` at the
+    end of the stage flushes and returns the queue's report."""
+
+    def __init__(self, uri: str, run_id: str, spill_dir: str | Path | None = None, **queue: Any) -> None:
+        from r1flow.metric_queue import MetricQueue
+
         self.client = client(uri)
         self.run_id = run_id
+        self.queue = MetricQueue(self.client, run_id, spill_dir, **queue)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        from mlflow.entities import Metric
+        self.queue.log_metrics({k: float(v) for k, v in metrics.items() if _finite(v)}, step)
 
-        now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if _finite(v)]
-        if batch:
-            self.client.log_batch(self.run_id, metrics=batch)
+    def close(self, timeout_s: float = 60.0, unsent_path: str | Path | None = None):
+        """Flush for up to ``timeout_s``; returns a ``QueueReport`` (unsent metrics are in its file)."""
+        return self.queue.close(timeout_s, unsent_path)
 
     def log_table(self, rows: list[dict[str, Any]], name: str) -> None:
         if rows:

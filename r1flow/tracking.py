@@ -21,6 +21,8 @@ class Tracker(Protocol):
 
     def log_artifact(self, path: str, folder: str) -> None: ...
 
+    def close(self, timeout_s: float = 60.0) -> Any: ...
+
 
 class NullTracker:
     """Tracking off: same methods, no effect."""
@@ -36,6 +38,10 @@ class NullTracker:
 
     def log_artifact(self, path: str, folder: str) -> None:
         pass
+
+    def close(self, timeout_s: float = 60.0) -> Any:
+        """Flush what is buffered (MLflowTracker: metrics queued for the server); returns its report."""
+        return None
 
 
 class ListTracker(NullTracker):
@@ -58,6 +64,9 @@ class ListTracker(NullTracker):
 
     def log_artifact(self, path: str, folder: str) -> None:
         self.inner.log_artifact(path, folder)
+
+    def close(self, timeout_s: float = 60.0) -> Any:
+        return self.inner.close(timeout_s)
 
     def series(self, key: str) -> list[float]:
         return [m[key] for _, m in self.history if key in m]
@@ -87,3 +96,6 @@ class EventTracker(NullTracker):
 
     def log_artifact(self, path: str, folder: str) -> None:
         self.inner.log_artifact(path, folder)
+
+    def close(self, timeout_s: float = 60.0) -> Any:
+        return self.inner.close(timeout_s)
