@@ -20,6 +20,8 @@ Preset = typer.Option("tiny", "--preset", "-p", help="configs/<preset>.yaml")
 ConfigFile = typer.Option(None, "--config", "-c", help="YAML file overriding the preset")
 Sets = typer.Option(None, "--set", "-s", help="stage.key=value (repeatable)")
 Name = typer.Option("r1", "--name", "-n", help="pipeline run name (MLflow tag; reuse to compare)")
+AllowChange = typer.Option(False, "--allow-config-change",
+                           help="continue a crashed stage from its checkpoint although its config changed")
 
 
 def _setup_env() -> None:
@@ -62,12 +64,18 @@ def _load(preset: str | None, config: Optional[str], sets: Optional[list[str]]):
 
 
 def _run_flow(flow_fn, **kwargs) -> None:
+    from flows.run import ConfigChanged
+    from r1flow.config import ConfigError
+    from r1flow.launcher import StageInputError
+
     state = flow_fn(**kwargs, return_state=True)
     flow_run_id = state.state_details.flow_run_id
     if not state.is_completed():
-        typer.secho(f"pipeline failed: {state.message}", fg="red", err=True)
+        error = state.result(raise_on_failure=False)
+        typer.secho(f"pipeline failed: {error if isinstance(error, Exception) else state.message}",
+                    fg="red", err=True)
         typer.echo(f"Prefect flow run: {flow_run_id}")
-        raise typer.Exit(1)
+        raise typer.Exit(2 if isinstance(error, (ConfigChanged, ConfigError, StageInputError)) else 1)
     summary = state.result()
     typer.echo(f"MLflow parent run: {summary['mlflow_parent_run']} "
                f"(experiment {summary['experiment_id']}, tracking {summary['tracking_uri']})")
@@ -79,24 +87,57 @@ def _run_flow(flow_fn, **kwargs) -> None:
 @app.command()
 def run(preset: str = Preset, config: Optional[str] = ConfigFile, set_: Optional[list[str]] = Sets,
         name: str = Name, refresh: Optional[list[str]] = typer.Option(None, "--refresh",
-                                                                      help="force a stage to re-run")):
-    """Run the full pipeline."""
+                                                                      help="force a stage to re-run"),
+        allow_config_change: bool = AllowChange):
+    """Run the full pipeline (reusing NAME continues that run's crashed stage from its checkpoint)."""
     _setup_env()
     cfg = _load(preset, config, set_)
     from flows.pipeline import pipeline
 
-    _run_flow(pipeline, config=cfg.model_dump(mode="json"), name=name, refresh=refresh or [])
+    _run_flow(pipeline, config=cfg.model_dump(mode="json"), name=name, refresh=refresh or [],
+              allow_config_change=allow_config_change)
+
+
+@app.command()
+def resume(name: str = typer.Argument(..., help="the pipeline run to resume"), set_: Optional[list[str]] = Sets,
+           refresh: Optional[list[str]] = typer.Option(None, "--refresh", help="start a stage afresh"),
+           allow_config_change: bool = AllowChange,
+           store: Optional[str] = typer.Option(None, "--store", help="store root holding the run's record "
+                                               "(default: the one its MLflow run names)"),
+           s3_endpoint_url: Optional[str] = typer.Option(None, "--s3-endpoint-url")):
+    """Resume a failed or killed run: finished stages are reused, a crashed one continues from its
+    newest checkpoint, in the same MLflow runs."""
+    _setup_env()
+    from flows.pipeline import pipeline, r1_zero
+    from flows.status import pipeline_record
+    from r1flow.config import ConfigError, apply_set, validate
+
+    try:
+        record = pipeline_record(name, store, s3_endpoint_url)
+        data = record.config
+        for assignment in set_ or []:
+            data = apply_set(data, assignment)
+        cfg = validate(data)
+    except (LookupError, ConfigError) as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(2)
+    if record.status == "done":
+        typer.echo(f"run {name!r} finished; nothing to resume (see: r1flow status {name})")
+        return
+    flow_fn = {"r1-pipeline": pipeline, "r1-zero": r1_zero}[record.flow]
+    _run_flow(flow_fn, config=cfg.model_dump(mode="json"), name=name, refresh=refresh or [],
+              allow_config_change=allow_config_change, resume=True)
 
 
 @app.command("r1-zero")
 def r1_zero(preset: str = Preset, config: Optional[str] = ConfigFile, set_: Optional[list[str]] = Sets,
-            name: str = typer.Option("r1-zero", "--name", "-n")):
+            name: str = typer.Option("r1-zero", "--name", "-n"), allow_config_change: bool = AllowChange):
     """Run the R1-Zero branch: RL straight from the base model."""
     _setup_env()
     cfg = _load(preset, config, set_)
     from flows.pipeline import r1_zero as flow_fn
 
-    _run_flow(flow_fn, config=cfg.model_dump(mode="json"), name=name)
+    _run_flow(flow_fn, config=cfg.model_dump(mode="json"), name=name, allow_config_change=allow_config_change)
 
 
 @app.command()
@@ -104,7 +145,8 @@ def stage(stage_name: str = typer.Argument(..., metavar="STAGE"), preset: str = 
           config: Optional[str] = ConfigFile, set_: Optional[list[str]] = Sets, name: str = Name,
           input_: Optional[list[str]] = typer.Option(None, "--input", "-i",
                                                      help="name=URI; default: the inputs of run NAME"),
-          refresh: bool = typer.Option(False, "--refresh", help="ignore the cache")):
+          refresh: bool = typer.Option(False, "--refresh", help="ignore the cache"),
+          allow_config_change: bool = AllowChange):
     """Run one stage flow, on explicit inputs or on those of the latest run NAME."""
     _setup_env()
     cfg = _load(preset, config, set_)
@@ -119,7 +161,7 @@ def stage(stage_name: str = typer.Argument(..., metavar="STAGE"), preset: str = 
             typer.secho(str(exc), fg="red", err=True)
             raise typer.Exit(2)
     _run_flow(flow_fn, stage=stage_name, config=cfg.model_dump(mode="json"), inputs=inputs,
-              name=name, refresh=refresh)
+              name=name, refresh=refresh, allow_config_change=allow_config_change)
 
 
 @app.command()

@@ -15,8 +15,10 @@ from r1flow.config import resolve
 
 
 @flow(name="r1-pipeline")
-def pipeline(config: dict[str, Any], name: str = "r1", refresh: list[str] | None = None) -> dict:
-    with PipelineRun(resolve(config), name, refresh) as run:
+def pipeline(config: dict[str, Any], name: str = "r1", refresh: list[str] | None = None,
+             allow_config_change: bool = False, resume: bool = False) -> dict:
+    with PipelineRun(resolve(config), name, refresh, flow="r1-pipeline",
+                     allow_config_change=allow_config_change, resume=resume) as run:
         base = run.stage("base")                                       # tiny presets: pretrain bases
         zero = run.stage("r1_zero", policy=base)                       # §2.2   R1-Zero: RL on the base
         cold = run.stage("cold_start", base=base, zero=zero)           # §2.3.1 curate long CoT, SFT base
@@ -30,8 +32,10 @@ def pipeline(config: dict[str, Any], name: str = "r1", refresh: list[str] | None
 
 
 @flow(name="r1-zero")
-def r1_zero(config: dict[str, Any], name: str = "r1-zero", refresh: list[str] | None = None) -> dict:
-    with PipelineRun(resolve(config), name, refresh) as run:
+def r1_zero(config: dict[str, Any], name: str = "r1-zero", refresh: list[str] | None = None,
+            allow_config_change: bool = False, resume: bool = False) -> dict:
+    with PipelineRun(resolve(config), name, refresh, flow="r1-zero", stages=("base", "r1_zero"),
+                     allow_config_change=allow_config_change, resume=resume) as run:
         base = run.stage("base")
         run.stage("r1_zero", policy=base)                              # §2.2 RL from the base alone
     return run.summary()
@@ -39,9 +43,10 @@ def r1_zero(config: dict[str, Any], name: str = "r1-zero", refresh: list[str] | 
 
 @flow(name="r1-stage")
 def stage(stage: str, config: dict[str, Any], inputs: dict[str, str], name: str = "r1-stage",
-          refresh: bool = False) -> dict:
+          refresh: bool = False, allow_config_change: bool = False) -> dict:
     """Run one stage on explicit inputs (artifact URIs), e.g. to re-run it on a GPU pool."""
-    with PipelineRun(resolve(config), name, [stage] if refresh else None) as run:
+    with PipelineRun(resolve(config), name, [stage] if refresh else None, flow="r1-stage", stages=(stage,),
+                     allow_config_change=allow_config_change) as run:
         store = run.runtime.store()
         run.stage(stage, **{k: store.ref(uri) for k, uri in inputs.items()})
     return run.summary()

@@ -4,6 +4,13 @@
 runs the stage task (``tasks.stage.run_stage``) and records on the MLflow parent run what
 happened to the stage — done, cached or failed, with its artifact URI and the MLflow run that
 produced it — which is what ``r1flow status`` reads back.
+
+Resume (``r1flow resume NAME``, ``prefect flow-run retry``): the run's record in the store
+(``r1flow.lineage``) names its MLflow parent run, which is reopened; completed stages are cache
+hits; a stage that crashed resumes from its checkpoints — unless its config, inputs or code
+changed since, which is refused (``ConfigChanged``) unless ``allow_config_change`` (then it
+continues from the crashed attempt's checkpoint in a new MLflow run linked to the old one) or the
+stage is refreshed (then it starts afresh).
 """
 
 from __future__ import annotations
@@ -13,22 +20,33 @@ import json
 import time
 from typing import Any
 
+from prefect import get_run_logger
 from prefect.context import get_run_context
 from prefect.filesystems import LocalFileSystem
 from prefect.settings import PREFECT_UI_URL
 
-from r1flow import mlflow_runs
-from r1flow.cache import stage_key
+from r1flow import lineage, mlflow_runs
+from r1flow.cache import code_version, stage_key
+from r1flow.checkpoint import checkpoint_prefix, clear_saved
 from r1flow.config import PipelineConfig
 from r1flow.preflight import preflight
 from r1flow.runtime import Runtime
 from r1flow.store import ArtifactRef
 from tasks.stage import invalidate_stale, run_stage
 
+RESUMABLE_FLOWS = ("r1-pipeline", "r1-zero")
+
+
+class ConfigChanged(ValueError):
+    """A crashed stage would resume under another config; refused unless allowed explicitly."""
+
 
 class PipelineRun:
-    def __init__(self, config: PipelineConfig, name: str, refresh: list[str] | None = None) -> None:
-        self.config = config
+    def __init__(self, config: PipelineConfig, name: str, refresh: list[str] | None = None, *,
+                 flow: str = "r1-pipeline", stages: tuple[str, ...] | None = None,
+                 allow_config_change: bool = False, resume: bool = False) -> None:
+        self.config, self.name = config, lineage.check_name(name)
+        self.allow_config_change = allow_config_change
         self.refresh = set(refresh or [])
         unknown = self.refresh - set(config.stage_names())
         if unknown:
@@ -38,38 +56,114 @@ class PipelineRun:
                                experiment=config.tracking.experiment, shared=config.shared(),
                                flow_run_url=_flow_run_url())
         preflight(config, self.runtime.store_root)  # bad input fails before any stage starts
+        self.store = self.runtime.store()
+        self._refuse_changed_configs(stages or config.stage_names())
         self.exp_id = self.runtime.experiment_id()
-        self.parent_run_id = mlflow_runs.start_run(
-            self.runtime.tracking_uri, self.exp_id, name,
-            tags={**self.runtime.tags(), "r1flow.preset": config.preset or "custom"})
+        flow_run_id = _flow_run_id()
+        self.parent_run_id = self._reopen_parent(flow, resume, flow_run_id) or self._start_parent(flow)
         self.runtime.parent_run_id = self.parent_run_id
-        mlflow_runs.log_params(self.runtime.tracking_uri, self.parent_run_id,
-                               mlflow_runs.flatten(config.model_dump(mode="json")))
+        self.record = None  # a one-stage flow is not resumed as a pipeline: it keeps no pipeline record
+        if flow in RESUMABLE_FLOWS:
+            self.record = lineage.PipelineRecord(name=name, flow=flow, config=config.model_dump(mode="json"),
+                                                 parent_run_id=self.parent_run_id, flow_run_id=flow_run_id)
+            lineage.write_pipeline(self.store, self.record)
         self.refs: dict[str, ArtifactRef] = {}
         self.result_storage = _saved_result_storage(str(self.runtime.results_dir))
+
+    def _start_parent(self, flow: str) -> str:
+        run_id = mlflow_runs.start_run(
+            self.runtime.tracking_uri, self.exp_id, self.name,
+            tags={**self.runtime.tags(), "r1flow.preset": self.config.preset or "custom", "r1flow.flow": flow})
+        mlflow_runs.log_params(self.runtime.tracking_uri, run_id,
+                               mlflow_runs.flatten(self.config.model_dump(mode="json")))
+        return run_id
+
+    def _reopen_parent(self, flow: str, resume: bool, flow_run_id: str | None) -> str | None:
+        """The unfinished MLflow parent run of this name, reopened — by ``r1flow resume``, or when
+        Prefect retries the same flow run — if the config is unchanged (params are immutable)."""
+        previous = lineage.read_pipeline(self.store, self.name) if flow in RESUMABLE_FLOWS else None
+        if previous is None or previous.status in ("done", "cached"):
+            return None
+        if not (resume or (flow_run_id and previous.flow_run_id == flow_run_id)):
+            return None
+        if previous.config == self.config.model_dump(mode="json") and \
+                mlflow_runs.reopen_run(self.runtime.tracking_uri, previous.parent_run_id):
+            return previous.parent_run_id
+        return None
+
+    def _refuse_changed_configs(self, stages: tuple[str, ...]) -> None:
+        """Before anything runs: a stage of this name that crashed with checkpoints and whose own
+        config changed since is refused (``ConfigChanged``) unless refreshed or allowed."""
+        if self.allow_config_change:
+            return
+        for stage in stages:
+            previous = lineage.read_attempt(self.store, self.name, stage)
+            crashed = lineage.crashed_checkpoint(self.store, previous, self._output_of(previous))
+            if stage in self.refresh or crashed is None:
+                continue
+            section = self.config.section(stage)
+            exclude = getattr(section, "cache_exclude", set())
+            now = {k: v for k, v in section.model_dump(mode="json").items() if k not in exclude}
+            if changes := lineage.config_diff(previous.config, now):
+                raise ConfigChanged(lineage.refusal(stage, self.name, crashed[1], changes))
+
+    def _output_of(self, attempt: lineage.StageAttempt | None) -> str:
+        return self.runtime.output_key(attempt.stage, attempt.key) if attempt else ""
 
     def stage(self, name: str, **inputs: ArtifactRef) -> ArtifactRef:
         """Run (or reuse) one stage and return its artifact."""
         section = self.config.section(name)
         config = section.model_dump(mode="json")
-        key = stage_key(name, config, self.runtime.stage_runtime(), inputs,
-                        exclude=getattr(section, "cache_exclude", set()))
+        exclude = getattr(section, "cache_exclude", set())
+        key = stage_key(name, config, self.runtime.stage_runtime(), inputs, exclude=exclude)
+        attempt = lineage.StageAttempt(
+            stage=name, key=key, config={k: v for k, v in config.items() if k not in exclude},
+            runtime=self.runtime.stage_runtime(), inputs={k: v.digest for k, v in inputs.items()},
+            code=code_version())
+        attempt.warm_start = self._warm_start(attempt)
+        if name in self.refresh:  # afresh: no resuming from this key's earlier checkpoints either
+            clear_saved(self.store, checkpoint_prefix(self.runtime.output_key(name, key)))
         invalidate_stale(name, key, self.runtime)
+        lineage.write_attempt(self.store, self.name, attempt)
         self._record(name, state="running",
                      inputs=json.dumps({k: v.uri for k, v in inputs.items()}, sort_keys=True))
         started = time.time()
         task = run_stage.with_options(result_storage=self.result_storage,
                                       refresh_cache=name in self.refresh)
-        state = task(name, key, config, inputs, self.runtime, fresh=name in self.refresh, return_state=True)
+        state = task(name, key, config, inputs, self.runtime, fresh=name in self.refresh,
+                     warm_start=attempt.warm_start, return_state=True)
         if not state.is_completed():
             self._record(name, state="failed")
+            attempt.status = "failed"
+            lineage.write_attempt(self.store, self.name, attempt)
             state.result()  # raises the stage's error
         ref: ArtifactRef = state.result()
-        cached = state.name == "Cached"
-        self._record(name, state="cached" if cached else "done", uri=ref.uri,
+        attempt.status = "cached" if state.name == "Cached" else "done"
+        lineage.write_attempt(self.store, self.name, attempt)
+        self._record(name, state=attempt.status, uri=ref.uri,
                      run=ref.meta.get("mlflow_run_id", ""), seconds=f"{time.time() - started:.1f}")
         self.refs[name] = ref
         return ref
+
+    def _warm_start(self, attempt: lineage.StageAttempt) -> str | None:
+        """The checkpoints this attempt continues from when they are not under its own key: those
+        of this name's crashed attempt under another key (inputs or code changed) are refused
+        (``ConfigChanged``) unless the stage is refreshed or a config change is allowed."""
+        previous = lineage.read_attempt(self.store, self.name, attempt.stage)
+        if previous is None or attempt.stage in self.refresh:
+            return None
+        if previous.key == attempt.key:
+            return previous.warm_start if previous.status not in ("done", "cached") else None
+        crashed = lineage.crashed_checkpoint(self.store, previous, self._output_of(previous))
+        if crashed is None:
+            return None
+        prefix, saved = crashed
+        changes = lineage.changed_since(previous, attempt)
+        if not self.allow_config_change:
+            raise ConfigChanged(lineage.refusal(attempt.stage, self.name, saved, changes))
+        get_run_logger().warning("stage %s: continuing from %s under the changed config (%s)",
+                                 attempt.stage, saved, "; ".join(changes))
+        return prefix
 
     def _record(self, stage: str, **fields: str) -> None:
         mlflow_runs.set_tags(self.runtime.tracking_uri, self.parent_run_id,
@@ -79,10 +173,18 @@ class PipelineRun:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self.finish("FINISHED" if exc_type is None else "FAILED")
+        if exc_type is None:
+            self.finish("FINISHED")
+        elif issubclass(exc_type, (KeyboardInterrupt, SystemExit)):  # cancelled / SIGTERM
+            self.finish("KILLED")
+        else:
+            self.finish("FAILED")
 
     def finish(self, status: str = "FINISHED") -> None:
         mlflow_runs.end_run(self.runtime.tracking_uri, self.parent_run_id, status)
+        if self.record is not None:
+            self.record.status = {"FINISHED": "done", "KILLED": "killed"}.get(status, "failed")
+            lineage.write_pipeline(self.store, self.record)
 
     def summary(self) -> dict[str, Any]:
         return {"mlflow_parent_run": self.parent_run_id, "tracking_uri": self.runtime.tracking_uri,
@@ -95,6 +197,13 @@ def _saved_result_storage(path: str) -> str:
     name = "r1flow-results-" + hashlib.sha256(path.encode()).hexdigest()[:12]
     LocalFileSystem(basepath=path).save(name, overwrite=True)
     return f"local-file-system/{name}"
+
+
+def _flow_run_id() -> str | None:
+    try:
+        return str(get_run_context().flow_run.id)
+    except Exception:
+        return None
 
 
 def _flow_run_url() -> str | None:

@@ -94,3 +94,26 @@ def inputs_of(stage: str, name: str, config: PipelineConfig) -> dict[str, str]:
         if inputs is not None:
             return json.loads(inputs)
     raise LookupError(f"stage {stage} did not run in pipeline {name!r}; pass --input NAME=URI")
+
+
+def pipeline_record(name: str, store_root: str | None = None, s3_endpoint_url: str | None = None):
+    """The store's record of run ``name`` (``r1flow.lineage``), for ``r1flow resume``. The store is
+    the one given, else the one the newest MLflow parent run of ``name`` names, else the default."""
+    from r1flow import lineage
+    from r1flow.store import StoreError
+
+    if store_root is None:
+        runs = mlflow_runs.find_pipeline_runs(Runtime().tracking_uri, name)
+        params = runs[0].data.params if runs else {}
+        store_root = params.get("store.root", "")
+        endpoint = params.get("store.s3_endpoint_url", "None")
+        s3_endpoint_url = s3_endpoint_url or (None if endpoint == "None" else endpoint)
+    runtime = Runtime(store_root=store_root, s3_endpoint_url=s3_endpoint_url)
+    try:
+        record = lineage.read_pipeline(runtime.store(), lineage.check_name(name))
+    except (StoreError, ValueError) as exc:
+        raise LookupError(f"cannot read the record of run {name!r} in {runtime.store_root}: {exc}") from None
+    if record is None:
+        raise LookupError(f"no record of a pipeline run named {name!r} in {runtime.store_root} "
+                          "(a one-stage run is re-run with `r1flow stage`, not resumed)")
+    return record

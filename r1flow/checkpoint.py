@@ -11,6 +11,10 @@ all a resumed loop needs to reproduce the uninterrupted run bit for bit on CPU.
   corrupt one is skipped with a warning and the previous one is used.
 - ``keep`` bounds how many are kept; the newest complete one is never deleted (pruning runs only
   after a new one is complete).
+- ``warm_start`` names the checkpoints of an earlier attempt keyed on another config (resumed with
+  ``--allow-config-change``): used only when this attempt has none of its own. Weights, optimizer
+  moments, step, RNG and loop state come from it; the optimizer's hyperparameters and the
+  schedule's base learning rates stay the new config's, so a changed lr takes effect.
 """
 
 from __future__ import annotations
@@ -37,6 +41,26 @@ def checkpoint_prefix(output_key: str) -> str:
     return "checkpoints/" + output_key.removeprefix("artifacts/")
 
 
+def newest_saved(store: Store, prefix: str) -> tuple[str, dict[str, str]] | None:
+    """The newest complete thing saved under a stage attempt's prefix — a training checkpoint or
+    a generation chunk (``r1flow.chunks``) — as ``(key, manifest meta)``; meta names the MLflow run."""
+    saved = store.keys(prefix)
+    if not saved:
+        return None
+    try:
+        return max(saved), store.manifest(max(saved)).meta
+    except StoreError:  # unreadable: the restore path will skip it with a warning
+        return max(saved), {}
+
+
+def clear_saved(store: Store, prefix: str) -> int:
+    """Delete every checkpoint and chunk under ``prefix`` (a stage started afresh); returns how many."""
+    saved = store.keys(prefix)
+    for key in saved:
+        store.delete(key)
+    return len(saved)
+
+
 def rng_state() -> dict[str, Any]:
     return {"torch": torch.get_rng_state(), "python": random.getstate()}
 
@@ -59,60 +83,77 @@ class Checkpointer:
     """Saves every ``every`` steps into ``store`` under ``prefix``; restores the newest good one."""
 
     def __init__(self, store: Store, prefix: str, *, every: int, keep: int = 2,
-                 log: Callable[[str], None] = print, meta: dict[str, str] | None = None) -> None:
+                 log: Callable[[str], None] = print, meta: dict[str, str] | None = None,
+                 warm_start: str | None = None) -> None:
         if every < 1 or keep < 1:
             raise ValueError(f"checkpoint every={every} and keep={keep} must be >= 1")
         self.store, self.prefix, self.every, self.keep, self.log = store, prefix.strip("/"), every, keep, log
         self.meta = dict(meta or {})  # recorded on every checkpoint, e.g. the MLflow run to re-attach to
+        self.warm_start = warm_start.strip("/") if warm_start else None
 
     def due(self, step: int, total: int) -> bool:
         """Save after ``step`` (1-based)? Not after the last one: the stage's output follows."""
         return step % self.every == 0 and step < total
 
     def save(self, step: int, *, model, optimizer, scheduler, extra: dict[str, Any]) -> str:
+        from r1flow.diskspace import disk_writes, ensure_free, tensor_bytes
+
         with tempfile.TemporaryDirectory(prefix="r1flow-ckpt-") as tmp:
             folder = Path(tmp)
-            torch.save(model.state_dict(), folder / "model.pt")
-            torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                        "rng": rng_state(), "extra": extra}, folder / "state.pt")
+            ensure_free(folder, tensor_bytes(model.state_dict(), optimizer.state_dict()), f"checkpoint {step}")
+            with disk_writes(f"checkpoint {step}", folder):
+                torch.save(model.state_dict(), folder / "model.pt")
+                torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                            "rng": rng_state(), "extra": extra}, folder / "state.pt")
             ref = self.store.put_dir(folder, f"{self.prefix}/step-{step:08d}", meta={**self.meta, "step": str(step)})
         self._prune()
         return ref.uri
 
-    def steps(self) -> list[int]:
-        """Steps of the complete checkpoints (manifest present), newest first."""
+    def steps(self, prefix: str | None = None) -> list[int]:
+        """Steps of the complete checkpoints (manifest present) under ``prefix`` (default: this
+        attempt's), newest first."""
+        prefix = prefix or self.prefix
         found = []
-        for key in self.store.keys(self.prefix):
+        for key in self.store.keys(prefix):
             match = STEP_DIR.search(key)
-            if match and key.rpartition("/")[0] == self.prefix:
+            if match and key.rpartition("/")[0] == prefix:
                 found.append(int(match.group(1)))
         return sorted(found, reverse=True)
 
-    def latest_meta(self) -> dict[str, str] | None:
-        """The meta of the newest complete checkpoint (manifest present), without reading it."""
-        steps = self.steps()
-        try:
-            return self.store.manifest(f"{self.prefix}/step-{steps[0]:08d}").meta if steps else None
-        except StoreError:  # an unreadable manifest: restore() will skip that checkpoint anyway
-            return None
-
     def restore(self, *, model, optimizer, scheduler) -> Restored | None:
-        """Load the newest checkpoint whose files verify; None when there is none."""
-        for step in self.steps():
-            key = f"{self.prefix}/step-{step:08d}"
-            if not self.store.verify(key, deep=True):
-                self.log(f"warning: checkpoint {self.store.resolve(key)} is incomplete or corrupt; trying an older one")
-                continue
-            with tempfile.TemporaryDirectory(prefix="r1flow-ckpt-") as tmp:
-                folder = self.store.get_dir(key, tmp)
-                model.load_state_dict(torch.load(folder / "model.pt", weights_only=True))
-                state = torch.load(folder / "state.pt", weights_only=False)  # our own file: RNG tuples
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            set_rng_state(state["rng"])
-            self.log(f"resuming from checkpoint {self.store.resolve(key)} (after step {state['step']})")
-            return Restored(step=int(state["step"]), extra=state["extra"], uri=self.store.resolve(key))
+        """Load the newest checkpoint whose files verify (this attempt's first, then the warm
+        start's); None when there is none."""
+        for prefix in filter(None, (self.prefix, self.warm_start)):
+            adopt = prefix != self.prefix
+            for step in self.steps(prefix):
+                key = f"{prefix}/step-{step:08d}"
+                if not self.store.verify(key, deep=True):
+                    self.log(f"warning: checkpoint {self.store.resolve(key)} is incomplete or corrupt; "
+                             "trying an older one")
+                    continue
+                return self._load(key, model, optimizer, scheduler, keep_hyperparameters=adopt)
         return None
+
+    def _load(self, key: str, model, optimizer, scheduler, *, keep_hyperparameters: bool) -> Restored:
+        groups = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+        base_lrs = list(getattr(scheduler, "base_lrs", []))
+        with tempfile.TemporaryDirectory(prefix="r1flow-ckpt-") as tmp:
+            folder = self.store.get_dir(key, tmp)
+            model.load_state_dict(torch.load(folder / "model.pt", weights_only=True))
+            state = torch.load(folder / "state.pt", weights_only=False)  # our own file: RNG tuples
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if keep_hyperparameters:  # warm start under a changed config: its hyperparameters win
+            for group, new in zip(optimizer.param_groups, groups):
+                group.update(new)
+            if base_lrs:
+                scheduler.base_lrs = base_lrs
+                for group, lr in zip(optimizer.param_groups, _scheduled_lrs(scheduler)):
+                    group["lr"] = lr
+        set_rng_state(state["rng"])
+        how = "warm start (config changed) from" if keep_hyperparameters else "resuming from"
+        self.log(f"{how} checkpoint {self.store.resolve(key)} (after step {state['step']})")
+        return Restored(step=int(state["step"]), extra=state["extra"], uri=self.store.resolve(key))
 
     def _prune(self) -> None:
         """Keep the newest ``keep`` complete checkpoints (only verified ones count towards it)."""
@@ -124,3 +165,11 @@ class Checkpointer:
                 continue
             if kept >= self.keep:
                 self.store.delete(key)
+
+
+def _scheduled_lrs(scheduler) -> list[float]:
+    """The learning rates a LambdaLR-style schedule gives at its current step."""
+    lambdas = getattr(scheduler, "lr_lambdas", None)
+    if lambdas is None:
+        return list(scheduler.base_lrs)
+    return [base * fn(scheduler.last_epoch) for base, fn in zip(scheduler.base_lrs, lambdas)]

@@ -118,8 +118,12 @@ class ColdStartConfig(Checkpointed):
 class RejectionConfig(Section):
     """Stage 3 (§2.3.3): k samples per prompt from the RL checkpoint, keep correct and clean."""
 
+    cache_exclude: ClassVar[set[str]] = {"checkpoint_chunks"}
     num_prompts: int = Field(500, gt=0, description="reasoning prompts")
     samples_per_prompt: int = Field(4, gt=0, description="k samples per prompt")
+    chunk_prompts: int = Field(32, gt=0, description="prompts per chunk; chunk i is seeded seed + i")
+    checkpoint_chunks: bool = Field(True, description="save each completed chunk (resume without "
+                                    "duplicated or missing samples)")
     temperature: float = Field(0.8, gt=0, description="sampling temperature")
     top_p: float = Field(0.95, gt=0, le=1, description="nucleus sampling")
     max_new_tokens: int = Field(64, gt=0, description="completion length limit")

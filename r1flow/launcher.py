@@ -3,8 +3,8 @@
 The process gets its own process group, so cancelling the run (or SIGTERM/SIGINT to the
 orchestrator) stops the stage and everything it spawned, leaving no orphan. Its stdout is read
 line by line: structured events (``r1flow.events``) go to ``on_event``, other lines to
-``on_line``. Exit code 2 means a config or input error (never retried); any other non-zero code
-is a crash (retried with resume by the orchestrator).
+``on_line``. Exit code 2 means a config or input error, 3 a full disk (neither is retried); any
+other non-zero code is a crash (retried with resume by the orchestrator).
 """
 
 from __future__ import annotations
@@ -20,11 +20,16 @@ from typing import Callable
 from r1flow.events import parse
 
 EXIT_INPUT_ERROR = 2
+EXIT_DISK_FULL = 3
 _LIVE: set[subprocess.Popen] = set()
 
 
 class StageInputError(RuntimeError):
     """The stage refused its config or inputs; retrying cannot help."""
+
+
+class StageDiskFull(StageInputError):
+    """The stage ran out of disk space; a retry on the same machine would too."""
 
 
 class StageCrashed(RuntimeError):
@@ -97,6 +102,8 @@ def check_exit(code: int, stage: str, last_error: str | None) -> None:
     detail = f": {last_error}" if last_error else ""
     if code == EXIT_INPUT_ERROR:
         raise StageInputError(f"stage {stage} refused its config or inputs{detail}")
+    if code == EXIT_DISK_FULL:
+        raise StageDiskFull(f"stage {stage} ran out of disk space{detail}")
     raise StageCrashed(f"stage {stage} crashed (exit code {code}){detail}")
 
 

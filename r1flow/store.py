@@ -171,6 +171,7 @@ class Store(ABC):
             for f in files
         ]
         manifest = Manifest.build(entries, meta)
+        self._make_room(src, sum(e.size for e in entries))
         self._remove([_join(base, MANIFEST)])  # hide an older version before touching its files
         for f, e in zip(files, entries):
             self._upload(f, _join(base, e.path))
@@ -197,7 +198,10 @@ class Store(ABC):
 
     def get_dir(self, where: Locator, local_dir: str | Path) -> Path:
         """Download into local_dir (with its manifest), checking every sha256."""
+        from r1flow.diskspace import ensure_free
+
         m, base, dst = self._checked_manifest(where), self._key(where), Path(local_dir)
+        ensure_free(dst, sum(e.size for e in m.files), f"downloading {self.resolve(base)}")
         for e in m.files:
             target = dst / e.path
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -252,6 +256,9 @@ class Store(ABC):
     def check(self) -> None:
         """Raise unless the store is reachable and writable (call before expensive work)."""
 
+    def _make_room(self, src: Path, size: int) -> None:
+        """Before ``put_dir`` writes ``size`` bytes: refuse early if they cannot fit (local disk)."""
+
     def _checked_manifest(self, where: Locator) -> Manifest:
         m = self.manifest(where)
         if isinstance(where, ArtifactRef) and m.digest != where.digest:
@@ -291,10 +298,21 @@ class Store(ABC):
     def _remove(self, keys: list[str]) -> None: ...  # absent keys are fine
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def _atomic_write(path: Path, data: bytes | None = None, source: Path | None = None) -> None:
+    """``data`` (or a copy of ``source``) lands at ``path`` through a hidden temp file and a
+    rename; on failure (a full disk included: ``DiskFull``) the temp file is removed."""
+    from r1flow.diskspace import disk_writes
+
     tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:
+        with disk_writes(path.name, path.parent):
+            if source is not None:
+                shutil.copyfile(source, tmp)
+            else:
+                tmp.write_bytes(data or b"")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 class LocalStore(Store):
@@ -339,9 +357,13 @@ class LocalStore(Store):
         if path.resolve() == dst:  # committing a folder written in place (e.g. a checkpoint)
             return
         dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dst.parent / f".{dst.name}.tmp-{uuid.uuid4().hex[:8]}"
-        shutil.copyfile(path, tmp)
-        os.replace(tmp, dst)
+        _atomic_write(dst, source=path)
+
+    def _make_room(self, src: Path, size: int) -> None:
+        from r1flow.diskspace import ensure_free
+
+        if self.root not in src.resolve().parents:  # a folder written in place needs no copy
+            ensure_free(self.root, size, f"an artifact from {src}")
 
     def _download(self, key: str, path: Path) -> None:
         shutil.copyfile(self._path(key), path)

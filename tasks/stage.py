@@ -21,8 +21,14 @@ from prefect import get_run_logger, task
 from prefect.context import get_run_context
 
 from r1flow import mlflow_runs
-from r1flow.checkpoint import Checkpointer, checkpoint_prefix
-from r1flow.launcher import StageCrashed, StageInputError, check_exit, run_process, stage_command
+from r1flow.checkpoint import checkpoint_prefix, newest_saved
+from r1flow.launcher import (
+    StageCrashed,
+    StageInputError,
+    check_exit,
+    run_process,
+    stage_command,
+)
 from r1flow.runtime import Runtime
 from r1flow.stages.runner import StageSpec
 from r1flow.store import ArtifactRef
@@ -45,20 +51,22 @@ def _retry_crashes_only(task, task_run, state) -> bool:
 @task(name="stage", task_run_name="{stage}", cache_key_fn=_key_from_params, persist_result=True,
       retries=1, retry_delay_seconds=2, retry_condition_fn=_retry_crashes_only)
 def run_stage(stage: str, key: str, config: dict[str, Any], inputs: dict[str, ArtifactRef],
-              runtime: Runtime, fresh: bool = False) -> ArtifactRef:
+              runtime: Runtime, fresh: bool = False, warm_start: str | None = None) -> ArtifactRef:
     """Run ``stage`` as its own process and return the artifact it published (``fresh``: even
-    when an earlier attempt already published it — ``--refresh``)."""
+    when an earlier attempt already published it — ``--refresh``; ``warm_start``: the checkpoint
+    prefix of a crashed attempt under another config, continued with ``--allow-config-change``)."""
     logger = get_run_logger()
     store = runtime.store()
     output_key = runtime.output_key(stage, key)
     if not fresh and store.verify(output_key):  # published by an earlier attempt whose record was lost
         logger.info("stage %s: output already published at %s", stage, store.resolve(output_key))
         return store.ref(output_key)
-    run_id = _reattach_mlflow_run(store, output_key, runtime) or _start_mlflow_run(stage, key, inputs, runtime)
+    run_id = (_reattach_mlflow_run(store, output_key, runtime)
+              or _start_mlflow_run(stage, key, inputs, runtime, _warm_start_tags(store, warm_start)))
     spec = StageSpec(stage=stage, config=config, runtime=runtime.stage_runtime(), inputs=inputs,
                      output_key=output_key, store_root=runtime.store_root,
                      s3_endpoint_url=runtime.s3_endpoint_url, tracking_uri=runtime.tracking_uri,
-                     mlflow_run_id=run_id, work_root=str(runtime.home / "work"))
+                     mlflow_run_id=run_id, warm_start=warm_start, work_root=str(runtime.home / "work"))
     result: dict[str, Any] = {}
     tail: deque[str] = deque(maxlen=40)  # the process's last plain lines, shown if it fails
 
@@ -99,18 +107,29 @@ def run_stage(stage: str, key: str, config: dict[str, Any], inputs: dict[str, Ar
 
 
 def _reattach_mlflow_run(store, output_key: str, runtime: Runtime) -> str | None:
-    """The MLflow run named by this stage run's newest checkpoint, reopened: a resumed stage logs
-    into the run it crashed in (its last value per metric and step is the uninterrupted one)."""
-    meta = Checkpointer(store, checkpoint_prefix(output_key), every=1).latest_meta()
-    run_id = (meta or {}).get("mlflow_run_id")
+    """The MLflow run named by this stage run's newest checkpoint (or saved chunk), reopened: a
+    resumed stage logs into the run it crashed in (its last value per metric and step is the
+    uninterrupted one)."""
+    key, meta = newest_saved(store, checkpoint_prefix(output_key)) or ("", {})
+    run_id = meta.get("mlflow_run_id")
     if run_id and mlflow_runs.reopen_run(runtime.tracking_uri, run_id):
-        get_run_logger().info("re-attaching to MLflow run %s (checkpoint after step %s)", run_id, meta.get("step"))
+        get_run_logger().info("re-attaching to MLflow run %s (saved progress: %s)", run_id, store.resolve(key))
         return run_id
     return None
 
 
-def _start_mlflow_run(stage: str, key: str, inputs: dict[str, ArtifactRef], runtime: Runtime) -> str:
-    tags = {mlflow_runs.TAG_STAGE: stage, "r1flow.cache_key": key, **runtime.tags(),
+def _warm_start_tags(store, warm_start: str | None) -> dict[str, str]:
+    """Links a warm-started stage run to the run of the attempt it continues."""
+    key, meta = (newest_saved(store, warm_start) if warm_start else None) or ("", {})
+    if not key:
+        return {}
+    return {"r1flow.resumed_from_run": meta.get("mlflow_run_id", ""),
+            "r1flow.resumed_from_checkpoint": store.resolve(key)}
+
+
+def _start_mlflow_run(stage: str, key: str, inputs: dict[str, ArtifactRef], runtime: Runtime,
+                      extra_tags: dict[str, str]) -> str:
+    tags = {mlflow_runs.TAG_STAGE: stage, "r1flow.cache_key": key, **runtime.tags(), **extra_tags,
             **{f"r1flow.input.{name}": ref.digest for name, ref in inputs.items()}}
     ctx = get_run_context()
     tags["prefect.task_run_id"] = str(ctx.task_run.id)

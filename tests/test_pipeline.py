@@ -108,6 +108,23 @@ def test_second_run_is_cached_and_starts_no_stage(micro_home):
     assert status.returncode == 0 and status.stdout.count("cached") == len(STAGES), status.stdout
 
 
+def test_reusing_a_name_adds_a_run_under_it(micro_home):
+    """``--name`` labels runs, it does not key them: the same name again is a new MLflow parent run
+    (status/report/resume read the newest), the stages are reused by their cache keys, and a run
+    that finished has nothing to resume."""
+    home, _ = micro_home
+    again = r1flow(["run", "--preset", "micro", "--name", "first"], home)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    mlflow_runs, uri = _mlflow(home)
+    runs = mlflow_runs.find_pipeline_runs(uri, "first")
+    assert len(runs) >= 2 and runs[0].info.run_id in again.stdout
+    assert {runs[0].data.tags[f"r1flow.stage.{s}.state"] for s in STAGES} == {"cached"}
+    status = r1flow(["status", "first"], home)
+    assert runs[0].info.run_id in status.stdout
+    resume = r1flow(["resume", "first"], home)
+    assert resume.returncode == 0 and "nothing to resume" in resume.stdout
+
+
 def test_changed_stage_reruns_it_and_downstream_only(micro_home):
     home, _ = micro_home
     third = r1flow(["run", "--preset", "micro", "--name", "third", "--set", "sft.train.lr=0.0004"], home)
@@ -166,3 +183,29 @@ def test_a_killed_stage_is_retried_and_resumes_from_its_checkpoint(micro_home):
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     steps = [m.step for m in c.get_metric_history(runs[0].info.run_id, "reward/mean")]
     assert sorted(set(steps)) == [1, 2, 3]
+
+
+def test_killed_rejection_sampling_resumes_without_duplicated_or_missing_samples(micro_home):
+    """Rejection sampling in 4 chunks of 8 prompts, SIGKILLed after its second chunk: the retry
+    reuses the two saved chunks and publishes the same dataset, byte for byte, as a run that was
+    never interrupted."""
+    from r1flow.store import LocalStore
+
+    home, _ = micro_home
+    args = ["stage", "rejection_sampling", "--preset", "micro", "--name", "first",
+            "--set", "rejection_sampling.chunk_prompts=8"]
+    straight = r1flow(args, home)
+    assert straight.returncode == 0, straight.stdout[-3000:] + straight.stderr[-3000:]
+    uri = next(line.split()[-1] for line in straight.stdout.splitlines() if "artifacts/rejection_sampling/" in line)
+    store = LocalStore(home / "store")
+    want = store.manifest(uri)
+    rows = (store.local_path(uri) / "sft.jsonl").read_text()
+
+    marker = home / "rejection-fault-fired"
+    out = r1flow([*args, "--refresh"], home, R1FLOW_FAULT_KILL=f"rejection_sampling:2:{marker}")
+    text = out.stdout + out.stderr
+    assert out.returncode == 0, text[-4000:]
+    assert marker.exists() and "reused 2 saved chunk(s)" in text and "re-attaching to MLflow run" in text
+    got = store.manifest(uri)
+    assert got.created != want.created  # published again by the resumed attempt
+    assert got.digest == want.digest and (store.local_path(uri) / "sft.jsonl").read_text() == rows

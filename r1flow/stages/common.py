@@ -8,9 +8,11 @@ presets point at hub models without copying weights into the store.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from r1flow.chunks import ChunkLog
 from r1flow.stages.runner import StageContext, UserError
 
 SAMPLE_ROWS = 32
@@ -53,9 +55,12 @@ def load_policy(artifact: Path, ctx: StageContext, which: str = "teacher"):
 
 
 def save_policy(model, tokenizer, ctx: StageContext, sub: str = "model") -> Path:
+    from r1flow.diskspace import disk_writes, ensure_free, tensor_bytes
     from r1flow.modeling import save_model
 
-    return save_model(model, tokenizer, ctx.workdir / sub)
+    ensure_free(ctx.workdir, tensor_bytes(model.state_dict()), f"the {sub} weights")
+    with disk_writes(f"the {sub} weights", ctx.workdir / sub):
+        return save_model(model, tokenizer, ctx.workdir / sub)
 
 
 def arith_task(ctx: StageContext):
@@ -137,23 +142,34 @@ def sampling_engine(ctx: StageContext) -> str:
 
 def sample_rows(model, tokenizer, problems: list[dict[str, str]], *, template: str, k: int,
                 temperature: float, top_p: float, max_new_tokens: int, seed: int,
-                batch_size: int = 128, engine: str = "torch") -> list[dict[str, Any]]:
-    """k samples per problem as rows ``{question, answer, completion, finish_reason, template}``."""
+                batch_size: int = 128, engine: str = "torch", chunk_prompts: int | None = None,
+                chunks: ChunkLog | None = None,
+                on_chunk: Callable[[int], None] = lambda done: None) -> list[dict[str, Any]]:
+    """k samples per problem as rows ``{question, answer, completion, finish_reason, template}``.
+
+    Problems go in chunks of ``chunk_prompts`` (default: as many as fill a batch), chunk i seeded
+    with ``seed + i``; with ``chunks`` each completed chunk is saved and a saved one is reused
+    (``r1flow.chunks``); ``on_chunk(i + 1)`` runs after chunk i (fault injection in tests)."""
     from r1flow.engine import make_engine
     from r1flow.templates import render_prompt
 
     engine = make_engine(engine, model, tokenizer, batch_size=batch_size)
     rows: list[dict[str, Any]] = []
-    per_call = max(1, batch_size // k)
+    per_call = chunk_prompts or max(1, batch_size // k)
     for call, start in enumerate(range(0, len(problems), per_call)):
-        chunk = problems[start:start + per_call]
-        out = engine.generate([render_prompt(p["question"], template) for p in chunk], n=k,
-                              max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                              seed=seed + call)
-        for j, text in enumerate(out.texts):
-            p = chunk[out.prompt_index[j]]
-            rows.append({"question": p["question"], "answer": str(p["answer"]), "completion": text,
-                         "finish_reason": out.finish_reasons[j], "template": template})
+        done = chunks.load(call) if chunks else None
+        if done is None:
+            chunk = problems[start:start + per_call]
+            out = engine.generate([render_prompt(p["question"], template) for p in chunk], n=k,
+                                  max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                                  seed=seed + call)
+            done = [{"question": chunk[i]["question"], "answer": str(chunk[i]["answer"]), "completion": text,
+                     "finish_reason": out.finish_reasons[j], "template": template}
+                    for j, (i, text) in enumerate(zip(out.prompt_index, out.texts))]
+            if chunks:
+                chunks.save(call, done)
+        rows += done
+        on_chunk(call + 1)
     return rows
 
 

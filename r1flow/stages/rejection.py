@@ -1,6 +1,7 @@
 """Stage 3 (paper §2.3.3): rejection sampling from the reasoning-RL checkpoint.
 
-k samples per reasoning prompt; keep correct ones and drop mixed-language chains of thought,
+k samples per reasoning prompt, in seeded chunks saved as they complete (``r1flow.chunks``: a
+killed stage resumes without duplicated or missing samples); keep correct ones and drop mixed-language chains of thought,
 long paragraphs, code blocks and truncated outputs (``r1flow.data.curate.rejection_filter``);
 mix in non-reasoning SFT rows when configured (answered without a chain of thought, as the paper
 does for simple queries); write the SFT dataset and log how many rows each filter removed.
@@ -30,9 +31,13 @@ def run(ctx: StageContext) -> None:
     seed = int(ctx.runtime.get("seed", 0))
     model, tokenizer = load_policy(ctx.inputs["policy"], ctx)
     problems = [p.row() for p in rl_prompts(cfg.num_prompts, seed + 202, arith_task(ctx))]
+    chunks = ctx.chunk_log() if cfg.checkpoint_chunks else None
     samples = sample_rows(model, tokenizer, problems, template="r1", k=cfg.samples_per_prompt,
                           temperature=cfg.temperature, top_p=cfg.top_p,
-                          max_new_tokens=cfg.max_new_tokens, seed=seed, engine=sampling_engine(ctx))
+                          max_new_tokens=cfg.max_new_tokens, seed=seed, engine=sampling_engine(ctx),
+                          chunk_prompts=cfg.chunk_prompts, chunks=chunks, on_chunk=ctx.fault_point)
+    if chunks and chunks.loaded:
+        ctx.log(f"rejection sampling: reused {chunks.loaded} saved chunk(s) of {cfg.chunk_prompts} prompts")
     kept, removed = rejection_filter(samples, cfg.filters)
     if len(kept) < cfg.min_kept:
         raise RuntimeError(f"rejection sampling kept {len(kept)} of {len(samples)} samples, fewer than "

@@ -24,10 +24,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from r1flow import mlflow_runs
 from r1flow.checkpoint import Checkpointer, checkpoint_prefix
+from r1flow.chunks import ChunkLog
 from r1flow.events import emit
-from r1flow.launcher import EXIT_INPUT_ERROR
+from r1flow.diskspace import DiskFull, free_bytes, is_disk_full
+from r1flow.launcher import EXIT_DISK_FULL, EXIT_INPUT_ERROR
 from r1flow.store import ArtifactRef, Store, StoreError, open_store
 from r1flow.tracking import EventTracker, NullTracker, Tracker
+
+
+METRIC_FLUSH_S = 60.0  # how long a finished stage waits for queued metrics to reach MLflow
 
 
 class UserError(ValueError):
@@ -47,6 +52,8 @@ class StageSpec(BaseModel):
     s3_endpoint_url: str | None = None
     tracking_uri: str | None = None
     mlflow_run_id: str | None = None
+    warm_start: str | None = Field(None, description="checkpoint prefix of a crashed attempt under "
+                                   "another config, continued with --allow-config-change")
     work_root: str | None = Field(None, description="where the staging folder goes")
 
 
@@ -76,14 +83,15 @@ class StageContext:
 
     def fault_point(self, step: int) -> None:
         """Fault injection for crash tests: ``R1FLOW_FAULT_KILL=<stage>:<step>:<marker file>``
-        SIGKILLs this process after ``step``, once (the marker file records that it fired)."""
-        fault = os.environ.get("R1FLOW_FAULT_KILL", "")
-        if fault.count(":") < 2:
-            return
-        stage, at, marker = fault.split(":", 2)
-        if stage == self.spec.stage and at == str(step) and not Path(marker).exists():
-            Path(marker).write_text(str(os.getpid()))
-            os.kill(os.getpid(), signal.SIGKILL)
+        (comma-separated for several) SIGKILLs this process after ``step``, once per marker file
+        (the file records that it fired)."""
+        for fault in filter(None, os.environ.get("R1FLOW_FAULT_KILL", "").split(",")):
+            if fault.count(":") < 2:
+                continue
+            stage, at, marker = fault.split(":", 2)
+            if stage == self.spec.stage and at == str(step) and not Path(marker).exists():
+                Path(marker).write_text(str(os.getpid()))
+                os.kill(os.getpid(), signal.SIGKILL)
 
     def checkpointer(self) -> Checkpointer | None:
         """Checkpoints of this stage run (``checkpoint_prefix``), each naming its MLflow run; None
@@ -93,7 +101,13 @@ class StageContext:
             return None
         return Checkpointer(self.store, checkpoint_prefix(self.spec.output_key), every=every,
                             keep=self.config.keep_checkpoints, log=self.log,
-                            meta={"mlflow_run_id": self.spec.mlflow_run_id or ""})
+                            meta={"mlflow_run_id": self.spec.mlflow_run_id or ""},
+                            warm_start=self.spec.warm_start)
+
+    def chunk_log(self) -> ChunkLog:
+        """Saved chunks of a generation stage (``r1flow.chunks``), beside its checkpoints."""
+        return ChunkLog(self.store, checkpoint_prefix(self.spec.output_key), warm_start=self.spec.warm_start,
+                        log=self.log, meta={"mlflow_run_id": self.spec.mlflow_run_id or ""})
 
     def write_json(self, name: str, obj: Any) -> Path:
         path = self.workdir / name
@@ -130,10 +144,14 @@ def run_spec(spec: StageSpec, rank: int = 0) -> ArtifactRef | None:
         work_root = Path(spec.work_root or tempfile.gettempdir())
         work_root.mkdir(parents=True, exist_ok=True)
         inputs = _resolve_inputs(store, spec, work_root / "inputs")
+    except DiskFull:
+        raise
     except (ValidationError, StoreError, FileNotFoundError, ValueError) as exc:
         raise UserError(str(exc)) from exc
     workdir = Path(tempfile.mkdtemp(prefix=f"{spec.stage}-", dir=work_root))
-    inner = mlflow_runs.MLflowTracker(spec.tracking_uri, spec.mlflow_run_id) if tracking else None
+    spill = work_root / "metric-spill"  # metrics waiting out a tracking-server outage (r1flow.metric_queue)
+    spill.mkdir(exist_ok=True)
+    inner = mlflow_runs.MLflowTracker(spec.tracking_uri, spec.mlflow_run_id, spill_dir=spill) if tracking else None
     tracker: Tracker = EventTracker(inner) if rank == 0 else NullTracker()
     if tracking:
         mlflow_runs.log_params(spec.tracking_uri, spec.mlflow_run_id,
@@ -142,11 +160,15 @@ def run_spec(spec: StageSpec, rank: int = 0) -> ArtifactRef | None:
     try:
         try:
             stage.check(ctx)  # cheap input checks before the expensive part
+        except DiskFull:
+            raise
         except (ValidationError, StoreError, FileNotFoundError, ValueError) as exc:
             raise UserError(str(exc)) from exc
         stage.run(ctx)
         if rank != 0:
             return None
+        if inner is not None:
+            _deliver_metrics(inner, ctx)
         meta = {"stage": spec.stage, "mlflow_run_id": spec.mlflow_run_id or ""}
         ref = store.put_dir(workdir, spec.output_key, meta=meta)
         if tracking:
@@ -154,7 +176,23 @@ def run_spec(spec: StageSpec, rank: int = 0) -> ArtifactRef | None:
                                  {"r1flow.artifact_uri": ref.uri, "r1flow.artifact_digest": ref.digest})
         return ref
     finally:
+        if inner is not None:  # a failed stage: flush briefly, keep what is unsent beside the work folder
+            inner.close(METRIC_FLUSH_S / 2, unsent_path=work_root / f"{workdir.name}-unsent-metrics.jsonl")
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _deliver_metrics(tracker: mlflow_runs.MLflowTracker, ctx: StageContext) -> None:
+    """Wait (bounded) for queued metrics to reach MLflow; whatever could not be sent is kept in the
+    artifact (``mlflow_unsent_metrics.jsonl``) and counted in the log and on the run — never lost
+    silently."""
+    report = tracker.close(METRIC_FLUSH_S, unsent_path=ctx.workdir / "mlflow_unsent_metrics.jsonl")
+    ctx.log(f"metrics to MLflow: {report.sent} of {report.logged} sent, {report.spilled} via disk spill, "
+            f"{report.unsent} unsent (kept in the artifact), {report.lost} dropped or rejected"
+            + (f"; last error: {report.last_error}" if report.last_error and (report.unsent or report.lost) else ""))
+    try:
+        ctx.set_tags(**{"r1flow.metrics_unsent": report.unsent, "r1flow.metrics_lost": report.lost})
+    except Exception as exc:  # the server is still away: the log line above and the file say it
+        ctx.log(f"warning: could not tag the metric delivery report: {exc}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -180,9 +218,14 @@ def main(argv: list[str] | None = None) -> int:
         code = EXIT_INPUT_ERROR
     except KeyboardInterrupt:
         status, code = "KILLED", 130
-    except Exception as exc:  # a crash: the orchestrator retries it
-        traceback.print_exc(file=sys.stdout)
-        emit("error", kind="crash", message=f"{type(exc).__name__}: {exc}")
+    except Exception as exc:
+        if isinstance(exc, DiskFull) or is_disk_full(exc):  # not retried: the same disk is still full
+            emit("error", kind="disk", message=f"{exc} (work folder {spec.work_root}: "
+                                               f"{free_bytes(spec.work_root or '.') >> 20} MB free)")
+            code = EXIT_DISK_FULL
+        else:  # a crash: the orchestrator retries it
+            traceback.print_exc(file=sys.stdout)
+            emit("error", kind="crash", message=f"{type(exc).__name__}: {exc}")
     if rank == 0 and spec.tracking_uri and spec.mlflow_run_id:
         mlflow_runs.end_run(spec.tracking_uri, spec.mlflow_run_id, status)
     return code

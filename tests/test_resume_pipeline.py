@@ -1,0 +1,141 @@
+"""Resuming a failed pipeline run through the real CLI, Prefect (ephemeral API) and MLflow (sqlite).
+
+A run of the R1-Zero flow (``micro``) whose r1_zero stage is SIGKILLed twice — once per attempt,
+so the task's one crash retry also dies — fails; then:
+- ``r1flow resume NAME`` with a changed stage config is refused before anything runs (exit 2,
+  the changed field named); without the change it continues from the newest checkpoint in the
+  same MLflow parent and stage runs;
+- ``--allow-config-change`` continues from that checkpoint in a new stage run linked to the old;
+- ``prefect flow-run retry`` of the failed flow run resumes it the same way;
+- SIGTERM to the CLI mid-stage (a cancelled run) ends the stage and parent runs KILLED.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, cli_env, r1flow
+
+FAST = ["--preset", "micro", "--set", "r1_zero.checkpoint_every=1", "--set", "r1_zero.grpo.log_every=1"]
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    return tmp_path_factory.mktemp("r1flow-resume-home")
+
+
+def _client(home: Path):
+    from r1flow import mlflow_runs
+
+    return mlflow_runs.client(f"sqlite:///{home / 'mlflow.db'}")
+
+
+def _runs(home: Path, query: str) -> list:
+    c = _client(home)
+    return c.search_runs([e.experiment_id for e in c.search_experiments()], query, order_by=["start_time ASC"])
+
+
+def _stage_runs(home: Path, name: str, stage: str = "r1_zero") -> list:
+    return _runs(home, f"tags.`r1flow.pipeline` = '{name}' and tags.`r1flow.stage` = '{stage}'")
+
+
+def _parents(home: Path, name: str) -> list:
+    return [r for r in _runs(home, f"tags.`r1flow.pipeline` = '{name}'") if "mlflow.parentRunId" not in r.data.tags]
+
+
+def _crash_twice(home: Path, name: str) -> subprocess.CompletedProcess:
+    """An R1-Zero run whose r1_zero dies after step 1, and its retry after step 2: the run fails."""
+    faults = f"r1_zero:1:{home / (name + '-1')},r1_zero:2:{home / (name + '-2')}"
+    out = r1flow(["r1-zero", *FAST, "--name", name], home, R1FLOW_FAULT_KILL=faults)
+    assert out.returncode == 1, out.stdout[-3000:] + out.stderr[-3000:]
+    assert (home / (name + "-2")).exists()  # both attempts were killed
+    (run,) = _stage_runs(home, name)
+    assert run.info.status == "FAILED"
+    assert [p.info.status for p in _parents(home, name)] == ["FAILED"]
+    return out
+
+
+def _steps(home: Path, run_id: str) -> list[int]:
+    return sorted({m.step for m in _client(home).get_metric_history(run_id, "reward/mean")})
+
+
+def test_resume_refuses_a_changed_config_then_continues_in_the_same_runs(home):
+    _crash_twice(home, "crashy")
+    refused = r1flow(["resume", "crashy", "--set", "r1_zero.grpo.lr=0.001"], home)
+    assert refused.returncode == 2, refused.stdout[-3000:] + refused.stderr[-3000:]
+    assert "grpo.lr: 0.0001 -> 0.001" in refused.stderr and "--allow-config-change" in refused.stderr
+    assert "step-00000002" in refused.stderr  # the checkpoint it would lose
+    assert len(_stage_runs(home, "crashy")) == 1  # nothing ran
+
+    out = r1flow(["resume", "crashy"], home)
+    text = out.stdout + out.stderr
+    assert out.returncode == 0, text[-4000:]
+    assert "resuming from checkpoint" in text and "step-00000002" in text
+    (parent,) = _parents(home, "crashy")  # the same parent run, reopened and finished
+    assert parent.info.status == "FINISHED"
+    (run,) = _stage_runs(home, "crashy")
+    assert run.info.status == "FINISHED" and _steps(home, run.info.run_id) == [1, 2, 3]
+    again = r1flow(["resume", "crashy"], home)
+    assert again.returncode == 0 and "nothing to resume" in again.stdout
+
+
+def test_allow_config_change_continues_from_the_checkpoint_in_a_linked_run(home):
+    _crash_twice(home, "changed")
+    (old,) = _stage_runs(home, "changed")
+    out = r1flow(["resume", "changed", "--set", "r1_zero.grpo.lr=0.001", "--allow-config-change"], home)
+    text = out.stdout + out.stderr
+    assert out.returncode == 0, text[-4000:]
+    assert "warm start (config changed) from checkpoint" in text
+    new = [r for r in _stage_runs(home, "changed") if r.info.run_id != old.info.run_id]
+    assert len(new) == 1 and new[0].info.status == "FINISHED"
+    assert new[0].data.tags["r1flow.resumed_from_run"] == old.info.run_id
+    assert new[0].data.tags["r1flow.resumed_from_checkpoint"].endswith("step-00000002")
+    assert new[0].data.params["grpo.lr"] == "0.001"
+    assert _steps(home, new[0].info.run_id) == [3]  # steps 1-2 came from the checkpoint
+
+
+def test_prefect_flow_run_retry_resumes_a_failed_run(home):
+    crashed = _crash_twice(home, "retried")
+    flow_run_id = next(line.split()[-1] for line in crashed.stdout.splitlines() if line.startswith("Prefect flow run:"))
+    out = subprocess.run([sys.executable, "-m", "prefect", "flow-run", "retry", flow_run_id,
+                          "--entrypoint", "flows/pipeline.py:r1_zero"], cwd=REPO, env=cli_env(home),
+                         capture_output=True, text=True, timeout=600)
+    text = out.stdout + out.stderr
+    assert out.returncode == 0, text[-4000:]
+    (parent,) = _parents(home, "retried")
+    assert parent.info.status == "FINISHED"
+    (run,) = _stage_runs(home, "retried")
+    assert run.info.status == "FINISHED" and _steps(home, run.info.run_id) == [1, 2, 3]
+    assert run.data.tags["r1flow.resumes"] == "1"
+
+
+def test_a_cancelled_run_ends_killed_and_resumes(home):
+    """SIGTERM to the CLI while r1_zero trains (as a cancelled run or a stopped worker does)."""
+    args = [*FAST, "--set", "r1_zero.grpo.steps=40", "--name", "cancelled"]
+    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "r1-zero", *args], cwd=REPO, env=cli_env(home),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    checkpoints = home / "store" / "checkpoints" / "r1_zero"
+    deadline = time.time() + 300
+    while not any(checkpoints.glob("*/step-00000002/manifest.json")) and time.time() < deadline:
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=120)[0]
+    assert proc.returncode != 0, output[-3000:]
+    (run,) = _stage_runs(home, "cancelled")
+    assert run.info.status == "KILLED", output[-3000:]
+    assert [p.info.status for p in _parents(home, "cancelled")] == ["KILLED"]
+    record = json.loads((home / "store" / "runs" / "cancelled" / "pipeline.json").read_text())
+    assert record["status"] == "killed"
+
+    out = r1flow(["resume", "cancelled"], home)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+    (run,) = _stage_runs(home, "cancelled")
+    assert run.info.status == "FINISHED" and _steps(home, run.info.run_id) == list(range(1, 41))
