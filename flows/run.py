@@ -130,18 +130,18 @@ class PipelineRun:
         started = time.time()
         task = run_stage.with_options(result_storage=self.result_storage,
                                       refresh_cache=name in self.refresh)
-        state = task(name, key, config, inputs, self.runtime, fresh=name in self.refresh,
-                     warm_start=attempt.warm_start, return_state=True)
+        try:
+            state = task(name, key, config, inputs, self.runtime, fresh=name in self.refresh,
+                         warm_start=attempt.warm_start, return_state=True)
+        except BaseException as exc:  # a termination signal (cancelled run, stopped worker)
+            self._ended(attempt, "failed" if isinstance(exc, Exception) else "killed")
+            raise
         if not state.is_completed():
-            self._record(name, state="failed")
-            attempt.status = "failed"
-            lineage.write_attempt(self.store, self.name, attempt)
+            self._ended(attempt, "failed")
             state.result()  # raises the stage's error
         ref: ArtifactRef = state.result()
-        attempt.status = "cached" if state.name == "Cached" else "done"
-        lineage.write_attempt(self.store, self.name, attempt)
-        self._record(name, state=attempt.status, uri=ref.uri,
-                     run=ref.meta.get("mlflow_run_id", ""), seconds=f"{time.time() - started:.1f}")
+        self._ended(attempt, "cached" if state.name == "Cached" else "done", uri=ref.uri,
+                    run=ref.meta.get("mlflow_run_id", ""), seconds=f"{time.time() - started:.1f}")
         self.refs[name] = ref
         return ref
 
@@ -165,6 +165,11 @@ class PipelineRun:
                                  attempt.stage, saved, "; ".join(changes))
         return prefix
 
+    def _ended(self, attempt: lineage.StageAttempt, status: lineage.Status, **fields: str) -> None:
+        attempt.status = status
+        lineage.write_attempt(self.store, self.name, attempt)
+        self._record(attempt.stage, state=status, **fields)
+
     def _record(self, stage: str, **fields: str) -> None:
         mlflow_runs.set_tags(self.runtime.tracking_uri, self.parent_run_id,
                              {f"r1flow.stage.{stage}.{k}": v for k, v in fields.items()})
@@ -175,7 +180,7 @@ class PipelineRun:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             self.finish("FINISHED")
-        elif issubclass(exc_type, (KeyboardInterrupt, SystemExit)):  # cancelled / SIGTERM
+        elif not issubclass(exc_type, Exception):  # SIGTERM/SIGINT: Prefect's TerminationSignal, SystemExit
             self.finish("KILLED")
         else:
             self.finish("FAILED")

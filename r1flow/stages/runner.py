@@ -25,12 +25,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from r1flow import mlflow_runs
 from r1flow.checkpoint import Checkpointer, checkpoint_prefix
 from r1flow.chunks import ChunkLog
-from r1flow.events import emit
 from r1flow.diskspace import DiskFull, free_bytes, is_disk_full
+from r1flow.events import emit
 from r1flow.launcher import EXIT_DISK_FULL, EXIT_INPUT_ERROR
-from r1flow.store import ArtifactRef, Store, StoreError, open_store
+from r1flow.store import ArtifactRef, Store, StoreError, StoreUnreachable, open_store
 from r1flow.tracking import EventTracker, NullTracker, Tracker
-
 
 METRIC_FLUSH_S = 60.0  # how long a finished stage waits for queued metrics to reach MLflow
 
@@ -144,7 +143,7 @@ def run_spec(spec: StageSpec, rank: int = 0) -> ArtifactRef | None:
         work_root = Path(spec.work_root or tempfile.gettempdir())
         work_root.mkdir(parents=True, exist_ok=True)
         inputs = _resolve_inputs(store, spec, work_root / "inputs")
-    except DiskFull:
+    except (DiskFull, StoreUnreachable):  # not the input's fault: a full disk, or S3 away (retried)
         raise
     except (ValidationError, StoreError, FileNotFoundError, ValueError) as exc:
         raise UserError(str(exc)) from exc
@@ -160,7 +159,7 @@ def run_spec(spec: StageSpec, rank: int = 0) -> ArtifactRef | None:
     try:
         try:
             stage.check(ctx)  # cheap input checks before the expensive part
-        except DiskFull:
+        except (DiskFull, StoreUnreachable):
             raise
         except (ValidationError, StoreError, FileNotFoundError, ValueError) as exc:
             raise UserError(str(exc)) from exc
