@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,9 +20,15 @@ os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "90"
 
 
+_PREFECT_API: list[str] = []  # set by the ``prefect_api`` fixture: CLI runs then use that server
+
+
 def cli_env(home: Path, **extra: str) -> dict[str, str]:
-    """Environment for an ``r1flow`` subprocess with its own state folder."""
+    """Environment for an ``r1flow`` subprocess with its own state folder (and the session's Prefect
+    server when a test module uses ``prefect_api``; else Prefect's ephemeral API)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_API"))}
+    if _PREFECT_API:
+        env["PREFECT_API_URL"] = _PREFECT_API[0]
     env.update(R1FLOW_HOME=str(home), PREFECT_HOME=str(home / "prefect"), HF_HUB_OFFLINE="1",
                PREFECT_SERVER_ANALYTICS_ENABLED="false",
                PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="90", **extra)
@@ -34,6 +44,51 @@ def r1flow(args: list[str], home: Path, timeout: float = 600, **extra: str) -> s
 @pytest.fixture(scope="session")
 def repo() -> Path:
     return REPO
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory) -> Iterator[str]:
+    """A real ``prefect server start`` on loopback (sqlite in its own PREFECT_HOME), once per
+    session: each CLI run then skips the ~8 s start of an ephemeral API."""
+    from tests.s3server import free_port
+
+    home, port = tmp_path_factory.mktemp("prefect-server"), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               PREFECT_SERVER_UI_ENABLED="false")
+    log = open(home / "server.log", "w")  # noqa: SIM115 - closed at teardown
+    proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                             "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}/api"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=2).close()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"prefect server did not start: {(home / 'server.log').read_text()[-2000:]}")
+            time.sleep(0.5)
+    try:
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def prefect_api(prefect_server) -> Iterator[str]:
+    """Use in a module (``pytestmark = pytest.mark.usefixtures("prefect_api")``) to send its CLI
+    runs to the session's Prefect server."""
+    _PREFECT_API.append(prefect_server)
+    yield prefect_server
+    _PREFECT_API.clear()
 
 
 @pytest.fixture(autouse=True, scope="session")

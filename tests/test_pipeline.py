@@ -16,6 +16,8 @@ import pytest
 from r1flow.config import STAGES
 from tests.conftest import REPO, cli_env, r1flow
 
+pytestmark = pytest.mark.usefixtures("prefect_api")  # one real Prefect server for the module's runs
+
 DOWNSTREAM_OF_SFT = {"sft", "final_rl"}
 
 PREFECT_STATES = """
@@ -52,7 +54,7 @@ def _prefect_states(home, flow_run_id: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def micro_home(tmp_path_factory):
+def micro_home(tmp_path_factory, prefect_api):
     home = tmp_path_factory.mktemp("r1flow-home")
     first = r1flow(["run", "--preset", "micro", "--name", "first"], home)
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]

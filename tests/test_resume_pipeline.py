@@ -25,6 +25,8 @@ import pytest
 from tests.conftest import REPO, cli_env, r1flow
 from tests.s3server import create_bucket, dummy_aws_env, moto_server
 
+pytestmark = pytest.mark.usefixtures("prefect_api")  # one real Prefect server for the module's runs
+
 FAST = ["--preset", "micro", "--set", "r1_zero.checkpoint_every=1", "--set", "r1_zero.grpo.log_every=1"]
 
 
@@ -132,11 +134,12 @@ def test_prefect_flow_run_retry_resumes_a_failed_run(home):
 def test_a_cancelled_run_ends_killed_and_resumes(home):
     """SIGTERM to the CLI while r1_zero trains (as a cancelled run or a stopped worker does)."""
     args = [*FAST, "--set", "r1_zero.grpo.steps=200", "--name", "cancelled"]
+    checkpoints = home / "store" / "checkpoints" / "r1_zero"
+    earlier = set(checkpoints.glob("*/step-*/manifest.json"))  # other tests' runs share this store
     proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "r1-zero", *args], cwd=REPO, env=cli_env(home),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    checkpoints = home / "store" / "checkpoints" / "r1_zero"
     deadline = time.time() + 300
-    while not any(checkpoints.glob("*/step-*/manifest.json")) and time.time() < deadline:
+    while not set(checkpoints.glob("*/step-*/manifest.json")) - earlier and time.time() < deadline:
         assert proc.poll() is None, proc.stdout.read()[-3000:]
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
