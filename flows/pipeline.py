@@ -43,10 +43,11 @@ def r1_zero(config: dict[str, Any], name: str = "r1-zero", refresh: list[str] | 
 
 @flow(name="r1-stage")
 def stage(stage: str, config: dict[str, Any], inputs: dict[str, str], name: str = "r1-stage",
-          refresh: bool = False, allow_config_change: bool = False) -> dict:
-    """Run one stage on explicit inputs (artifact URIs), e.g. to re-run it on a GPU pool."""
+          refresh: bool = False, allow_config_change: bool = False, parent_run_id: str | None = None) -> dict:
+    """Run one stage on explicit inputs (artifact URIs): by hand, or as the flow run a pipeline
+    launches on a GPU pool (``launch.kind: deployment``; it then logs under the pipeline's MLflow run)."""
     with PipelineRun(resolve(config), name, [stage] if refresh else None, flow="r1-stage", stages=(stage,),
-                     allow_config_change=allow_config_change) as run:
+                     allow_config_change=allow_config_change, parent_run_id=parent_run_id) as run:
         store = run.runtime.store()
         run.stage(stage, **{k: store.ref(uri) for k, uri in inputs.items()})
     return run.summary()

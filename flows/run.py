@@ -32,7 +32,8 @@ from r1flow.config import PipelineConfig
 from r1flow.preflight import preflight
 from r1flow.runtime import Runtime
 from r1flow.store import ArtifactRef
-from tasks.stage import invalidate_stale, run_stage
+from tasks import artifacts
+from tasks.stage import invalidate_stale, run_stage, run_stage_deployment
 
 RESUMABLE_FLOWS = ("r1-pipeline", "r1-zero")
 
@@ -44,8 +45,9 @@ class ConfigChanged(ValueError):
 class PipelineRun:
     def __init__(self, config: PipelineConfig, name: str, refresh: list[str] | None = None, *,
                  flow: str = "r1-pipeline", stages: tuple[str, ...] | None = None,
-                 allow_config_change: bool = False, resume: bool = False) -> None:
+                 allow_config_change: bool = False, resume: bool = False, parent_run_id: str | None = None) -> None:
         self.config, self.name = config, lineage.check_name(name)
+        self.owns_parent = parent_run_id is None  # a stage flow launched by a pipeline logs under its run
         self.allow_config_change = allow_config_change
         self.refresh = set(refresh or [])
         unknown = self.refresh - set(config.stage_names())
@@ -60,7 +62,8 @@ class PipelineRun:
         self._refuse_changed_configs(stages or config.stage_names())
         self.exp_id = self.runtime.experiment_id()
         flow_run_id = _flow_run_id()
-        self.parent_run_id = self._reopen_parent(flow, resume, flow_run_id) or self._start_parent(flow)
+        self.parent_run_id = (parent_run_id or self._reopen_parent(flow, resume, flow_run_id)
+                              or self._start_parent(flow))
         self.runtime.parent_run_id = self.parent_run_id
         self.record = None  # a one-stage flow is not resumed as a pipeline: it keeps no pipeline record
         if flow in RESUMABLE_FLOWS:
@@ -127,12 +130,16 @@ class PipelineRun:
         lineage.write_attempt(self.store, self.name, attempt)
         self._record(name, state="running",
                      inputs=json.dumps({k: v.uri for k, v in inputs.items()}, sort_keys=True))
-        started = time.time()
-        task = run_stage.with_options(result_storage=self.result_storage,
-                                      refresh_cache=name in self.refresh)
+        started, fresh = time.time(), name in self.refresh
         try:
-            state = task(name, key, config, inputs, self.runtime, fresh=name in self.refresh,
-                         warm_start=attempt.warm_start, return_state=True)
+            if section.launch.kind == "deployment":  # its own flow run on the deployment's work pool
+                task = run_stage_deployment.with_options(result_storage=self.result_storage, refresh_cache=fresh)
+                state = task(name, key, section.launch.model_dump(mode="json"), self._stage_flow_parameters(
+                    name, inputs), self.runtime, fresh=fresh, return_state=True)
+            else:  # a process on this worker
+                task = run_stage.with_options(result_storage=self.result_storage, refresh_cache=fresh)
+                state = task(name, key, config, inputs, self.runtime, fresh=fresh,
+                             warm_start=attempt.warm_start, return_state=True)
         except BaseException as exc:  # a termination signal (cancelled run, stopped worker)
             self._ended(attempt, "failed" if isinstance(exc, Exception) else "killed")
             raise
@@ -142,8 +149,18 @@ class PipelineRun:
         ref: ArtifactRef = state.result()
         self._ended(attempt, "cached" if state.name == "Cached" else "done", uri=ref.uri,
                     run=ref.meta.get("mlflow_run_id", ""), seconds=f"{time.time() - started:.1f}")
+        artifacts.stage_summary(self.name, name, attempt.status, ref, self.runtime.tracking_uri, self.exp_id)
         self.refs[name] = ref
         return ref
+
+    def _stage_flow_parameters(self, stage: str, inputs: dict[str, ArtifactRef]) -> dict[str, Any]:
+        """Parameters of the ``r1-stage`` flow that runs ``stage`` elsewhere: the same config (the
+        stage launched locally there), its inputs by URI, and this run's MLflow parent run."""
+        config = self.config.model_dump(mode="json")
+        config[stage]["launch"] = {"kind": "local"}
+        return {"stage": stage, "config": config, "inputs": {k: v.uri for k, v in inputs.items()},
+                "name": self.name, "refresh": stage in self.refresh,
+                "allow_config_change": self.allow_config_change, "parent_run_id": self.parent_run_id}
 
     def _warm_start(self, attempt: lineage.StageAttempt) -> str | None:
         """The checkpoints this attempt continues from when they are not under its own key: those
@@ -179,6 +196,7 @@ class PipelineRun:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
+            artifacts.evaluation_table(self.name, self.refs, self.runtime.tracking_uri)
             self.finish("FINISHED")
         elif not issubclass(exc_type, Exception):  # SIGTERM/SIGINT: Prefect's TerminationSignal, SystemExit
             self.finish("KILLED")
@@ -186,7 +204,8 @@ class PipelineRun:
             self.finish("FAILED")
 
     def finish(self, status: str = "FINISHED") -> None:
-        mlflow_runs.end_run(self.runtime.tracking_uri, self.parent_run_id, status)
+        if self.owns_parent:
+            mlflow_runs.end_run(self.runtime.tracking_uri, self.parent_run_id, status)
         if self.record is not None:
             self.record.status = {"FINISHED": "done", "KILLED": "killed"}.get(status, "failed")
             lineage.write_pipeline(self.store, self.record)

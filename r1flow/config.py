@@ -36,6 +36,25 @@ class Section(BaseModel):
     cache_exclude: ClassVar[set[str]] = set()
 
 
+class Launch(Section):
+    """Where a stage runs: ``local`` — its own process on the worker running the pipeline — or
+    ``deployment`` — its own flow run of the stage deployment on that deployment's work pool
+    (``run_deployment``), e.g. a GPU pool with one worker per GPU host."""
+
+    kind: Literal["local", "deployment"] = Field("local", description="local process or a deployment's pool")
+    deployment: str = Field("r1-stage/{stage}", description="'flow/deployment' ({stage} is filled in)")
+    job_variables: dict[str, Any] = Field(default_factory=dict,
+                                          description="work-pool job variables: image, GPUs, nodes, env")
+    timeout_s: float | None = Field(None, gt=0, description="give up waiting for the stage flow run")
+
+
+class StageSection(Section):
+    """A stage's config: what it computes, plus where it runs (``launch``, not in the cache key)."""
+
+    cache_exclude: ClassVar[set[str]] = {"launch"}
+    launch: Launch = Field(default_factory=Launch)
+
+
 class ModelSource(Section):
     """A model to start from: ``build`` (pretrain a tiny one) or a hub id / path."""
 
@@ -44,7 +63,7 @@ class ModelSource(Section):
     trust_remote_code: bool = Field(False, description="run the model repo's code (off unless set)")
 
 
-class BaseConfig(Section):
+class BaseConfig(StageSection):
     """Stage 0 (CPU presets): pretrain a teacher and a smaller student base on the synthetic task."""
 
     teacher: ModelSource = Field(default_factory=ModelSource)
@@ -82,10 +101,10 @@ class PromptSource(Section):
                                                                RewardSpec(name="format", weight=0.1)])
 
 
-class Checkpointed(Section):
+class Checkpointed(StageSection):
     """A training stage that can checkpoint mid-run and resume (``r1flow.checkpoint``)."""
 
-    cache_exclude: ClassVar[set[str]] = {"checkpoint_every", "keep_checkpoints"}
+    cache_exclude: ClassVar[set[str]] = StageSection.cache_exclude | {"checkpoint_every", "keep_checkpoints"}
     checkpoint_every: int = Field(0, ge=0, description="steps between mid-stage checkpoints (0: none)")
     keep_checkpoints: int = Field(2, ge=1, description="newest complete checkpoints kept")
 
@@ -115,10 +134,10 @@ class ColdStartConfig(Checkpointed):
     train: SFTParams = Field(default_factory=lambda: SFTParams(epochs=2, lr=5e-4))
 
 
-class RejectionConfig(Section):
+class RejectionConfig(StageSection):
     """Stage 3 (§2.3.3): k samples per prompt from the RL checkpoint, keep correct and clean."""
 
-    cache_exclude: ClassVar[set[str]] = {"checkpoint_chunks"}
+    cache_exclude: ClassVar[set[str]] = StageSection.cache_exclude | {"checkpoint_chunks"}
     num_prompts: int = Field(500, gt=0, description="reasoning prompts")
     samples_per_prompt: int = Field(4, gt=0, description="k samples per prompt")
     chunk_prompts: int = Field(32, gt=0, description="prompts per chunk; chunk i is seeded seed + i")
@@ -139,7 +158,7 @@ class SFTConfig(Checkpointed):
     train: SFTParams = Field(default_factory=lambda: SFTParams(epochs=2, lr=5e-4))
 
 
-class RewardModelConfig(Section):
+class RewardModelConfig(StageSection):
     """A Bradley–Terry reward model for non-reasoning prompts (§2.3.4), trained on synthetic pairs."""
 
     arch: ModelArch = Field(default_factory=lambda: ModelArch(

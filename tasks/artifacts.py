@@ -1,0 +1,92 @@
+"""What a run shows in the Prefect UI: a progress bar per running stage, a markdown summary per
+stage (key metrics, the MLflow run link, the artifact URI) and a table of evaluation results.
+
+The MLflow side links back: every run carries the Prefect flow run's URL as a tag
+(``prefect.flow_run_url``), and each summary here carries the MLflow run's URL.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+from uuid import UUID
+
+from prefect.artifacts import (create_markdown_artifact, create_progress_artifact, create_table_artifact,
+                               update_progress_artifact)
+
+from r1flow import mlflow_runs
+from r1flow.store import ArtifactRef
+
+SUMMARY_METRICS = ("reward/mean", "kl_k3", "response_length/mean", "loss", "kept", "accept_rate", "accuracy")
+EVAL = re.compile(r"^eval/(?P<bench>[^/]+)/(?P<metric>pass_at_1|lenient_pass_at_1|cons_at_\d+|format_rate)$")
+
+
+def artifact_key(*parts: str) -> str:
+    """Prefect artifact keys allow lowercase letters, digits and dashes only."""
+    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", "-".join(parts).lower())).strip("-")
+
+
+def mlflow_run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
+    """A link a browser can open for an http(s) tracking server; the run id otherwise."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"mlflow run {run_id} ({tracking_uri})"
+
+
+class Progress:
+    """A Prefect progress artifact for one stage, updated from its progress events (at most every
+    ``every_s`` seconds, so a fast loop does not flood the API)."""
+
+    def __init__(self, stage: str, every_s: float = 2.0) -> None:
+        self.id: UUID = create_progress_artifact(progress=0.0, description=f"stage {stage}: progress")
+        self.every_s, self.last = every_s, 0.0
+
+    def update(self, step: int, total: int, **info: Any) -> None:
+        now = time.monotonic()
+        if total <= 0 or (now - self.last < self.every_s and step < total):
+            return
+        self.last = now
+        detail = ", ".join(f"{k} {v}" for k, v in sorted(info.items()))
+        update_progress_artifact(self.id, progress=100.0 * step / total,
+                                 description=f"step {step} of {total}" + (f" ({detail})" if detail else ""))
+
+
+def stage_summary(pipeline: str, stage: str, state: str, ref: ArtifactRef, tracking_uri: str,
+                  experiment_id: str) -> None:
+    """A markdown artifact: what the stage did (done / cached / its MLflow run) and its key metrics."""
+    run_id = ref.meta.get("mlflow_run_id", "")
+    metrics = _metrics(tracking_uri, run_id)
+    lines = [f"# {stage} ({state})", "",
+             f"- MLflow run: {mlflow_run_url(tracking_uri, experiment_id, run_id) if run_id else '(none)'}",
+             f"- artifact: `{ref.uri}` (sha256 of its files `{ref.digest[:16]}…`)"]
+    shown = [(k, metrics[k]) for k in sorted(metrics) if k in SUMMARY_METRICS or EVAL.match(k)]
+    if shown:
+        lines += ["", "| metric | value |", "|---|---|", *[f"| {k} | {v:.4g} |" for k, v in shown]]
+    create_markdown_artifact(markdown="\n".join(lines), key=artifact_key(pipeline, stage),
+                             description=f"{pipeline}: stage {stage}")
+
+
+def evaluation_table(pipeline: str, refs: dict[str, ArtifactRef], tracking_uri: str) -> list[dict[str, Any]]:
+    """A table artifact: one row per (stage, benchmark) with the held-out evaluation metrics."""
+    rows: list[dict[str, Any]] = []
+    for stage, ref in refs.items():
+        by_bench: dict[str, dict[str, Any]] = {}
+        for key, value in _metrics(tracking_uri, ref.meta.get("mlflow_run_id", "")).items():
+            if match := EVAL.match(key):
+                row = by_bench.setdefault(match["bench"], {"stage": stage, "benchmark": match["bench"]})
+                row[match["metric"]] = round(value, 4)
+        rows += by_bench.values()
+    if rows:
+        create_table_artifact(table=rows, key=artifact_key(pipeline, "evaluation"),
+                              description=f"{pipeline}: held-out evaluation of every model it produced")
+    return rows
+
+
+def _metrics(tracking_uri: str, run_id: str) -> dict[str, float]:
+    if not run_id:
+        return {}
+    try:
+        return dict(mlflow_runs.client(tracking_uri).get_run(run_id).data.metrics)
+    except Exception:  # the tracking server is away: the summary goes without numbers
+        return {}
