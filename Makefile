@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 
-.PHONY: run test test-slow test-faults lint-docker bench install lint clean
+.PHONY: run test test-slow test-faults test-cluster lint-docker bench install lint clean
 
 $(BIN)/r1flow: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ test-slow: install  ## slow end-to-end checks (the tiny preset's learning target
 
 test-faults: install  ## fault injection: S3 cut by a loopback proxy, MLflow server down 30 s, full disk
 	$(BIN)/python -m pytest -q -m faults
+
+test-cluster: install  ## deployments on two process pools of a real Prefect server, worker --run-once, alerts
+	$(BIN)/python -m pytest -q -m cluster
 
 lint-docker: install  ## docker/: `docker-compose config` and hadolint (no Docker engine needed)
 	$(BIN)/python -m pytest -q tests/test_docker_files.py

@@ -183,6 +183,19 @@ def report(name: Optional[str] = typer.Argument(None),
     typer.echo(report_table(name, fmt))
 
 
+@app.command()
+def alerts(webhook_url: str = typer.Option(..., "--webhook-url", envvar="R1FLOW_ALERT_WEBHOOK",
+                                           help="where notices are POSTed (Slack or any webhook)"),
+           stuck_after_hours: float = typer.Option(12.0, "--stuck-after-hours", min=0.0003),
+           allow_private_urls: bool = typer.Option(False, "--allow-private-urls", help="e.g. a loopback receiver")):
+    """Install Prefect automations that flag a failed or stuck pipeline run (needs a Prefect server)."""
+    _setup_env()
+    from flows.alerts import install
+
+    for name in install(webhook_url, stuck_after_s=stuck_after_hours * 3600, allow_private_urls=allow_private_urls):
+        typer.echo(f"automation installed: {name}")
+
+
 def main() -> None:  # pragma: no cover
     app()
 

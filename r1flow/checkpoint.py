@@ -9,6 +9,8 @@ all a resumed loop needs to reproduce the uninterrupted run bit for bit on CPU.
 
 - ``latest`` returns the newest checkpoint whose files all match their sha256; a truncated or
   corrupt one is skipped with a warning and the previous one is used.
+- Metrics logged up to the checkpoint but not yet delivered to MLflow (a server outage, the
+  sender's queue) are saved with it and re-sent on restore: a kill loses no metric history.
 - ``keep`` bounds how many are kept; the newest complete one is never deleted (pruning runs only
   after a new one is complete).
 - ``warm_start`` names the checkpoints of an earlier attempt keyed on another config (resumed with
@@ -19,6 +21,7 @@ all a resumed loop needs to reproduce the uninterrupted run bit for bit on CPU.
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import tempfile
@@ -32,6 +35,8 @@ import torch
 from r1flow.store import Store, StoreError
 
 STEP_DIR = re.compile(r"step-(\d{8})$")
+PENDING_METRICS = "metrics_pending.json"
+METRIC_FLUSH_S = 2.0  # at a checkpoint, wait this long for queued metrics; the rest is saved with it
 
 
 def checkpoint_prefix(output_key: str) -> str:
@@ -84,12 +89,13 @@ class Checkpointer:
 
     def __init__(self, store: Store, prefix: str, *, every: int, keep: int = 2,
                  log: Callable[[str], None] = print, meta: dict[str, str] | None = None,
-                 warm_start: str | None = None) -> None:
+                 warm_start: str | None = None, tracker: Any = None) -> None:
         if every < 1 or keep < 1:
             raise ValueError(f"checkpoint every={every} and keep={keep} must be >= 1")
         self.store, self.prefix, self.every, self.keep, self.log = store, prefix.strip("/"), every, keep, log
         self.meta = dict(meta or {})  # recorded on every checkpoint, e.g. the MLflow run to re-attach to
         self.warm_start = warm_start.strip("/") if warm_start else None
+        self.tracker = tracker  # metrics still queued for MLflow travel with the checkpoint
 
     def due(self, step: int, total: int) -> bool:
         """Save after ``step`` (1-based)? Not after the last one: the stage's output follows."""
@@ -105,6 +111,8 @@ class Checkpointer:
                 torch.save(model.state_dict(), folder / "model.pt")
                 torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                             "rng": rng_state(), "extra": extra}, folder / "state.pt")
+                pending = self.tracker.flush(METRIC_FLUSH_S) if self.tracker is not None else []
+                (folder / PENDING_METRICS).write_text(json.dumps(pending))
             ref = self.store.put_dir(folder, f"{self.prefix}/step-{step:08d}", meta={**self.meta, "step": str(step)})
         self._prune()
         return ref.uri
@@ -141,6 +149,9 @@ class Checkpointer:
             folder = self.store.get_dir(key, tmp)
             model.load_state_dict(torch.load(folder / "model.pt", weights_only=True))
             state = torch.load(folder / "state.pt", weights_only=False)  # our own file: RNG tuples
+            pending = folder / PENDING_METRICS
+            if pending.exists() and self.tracker is not None:  # logged before the crash, never delivered
+                self.tracker.requeue(json.loads(pending.read_text()))
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         if keep_hyperparameters:  # warm start under a changed config: its hyperparameters win

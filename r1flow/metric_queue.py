@@ -106,17 +106,43 @@ class MetricQueue:
         now = int(time.time() * 1000)
         with self._cv:
             for k, v in metrics.items():
-                self.logged += 1
-                r = (str(k), float(v), now, int(step))
-                if self._stopped:
-                    self._drop(1, "logged after close")
-                elif self._spill_pending == 0 and len(self._mem) < self.max_memory:
-                    self._mem.append(r)
-                elif self._spill_pending >= self.max_spill:
-                    self._drop(1, "spill full")
-                else:
-                    self._spill(_record(r).encode())
+                self._enqueue((str(k), float(v), now, int(step)))
             self._cv.notify()
+
+    def requeue(self, records: list[dict]) -> None:
+        """Enqueue metrics a checkpoint kept unsent (``flush``), with their original timestamps: sent
+        twice, MLflow stores them once."""
+        with self._cv:
+            for d in records:
+                self._enqueue((str(d["key"]), float(d["value"]), int(d["timestamp"]), int(d["step"])))
+            self._cv.notify()
+
+    def flush(self, timeout_s: float) -> list[dict]:
+        """Wait up to ``timeout_s`` for what was logged so far to be sent; return what is still
+        pending, oldest first (a checkpoint keeps it, so a process killed afterwards loses nothing)."""
+        deadline = time.monotonic() + max(0.0, timeout_s)
+        with self._cv:
+            while (self._mem or self._spill_pending) and self._thread.is_alive() and not self._stopped \
+                    and time.monotonic() < deadline:
+                self._kick.set()
+                self._cv.wait(min(deadline - time.monotonic(), 0.5))
+            pending = [json.loads(_record(r)) for r in self._mem]
+            if self._spill_pending:
+                with open(self.spill_path, "rb") as f:
+                    f.seek(self._spill_read)
+                    pending += [json.loads(line) for line in f if line.strip()]
+        return pending
+
+    def _enqueue(self, r: tuple) -> None:
+        self.logged += 1
+        if self._stopped:
+            self._drop(1, "logged after close")
+        elif self._spill_pending == 0 and len(self._mem) < self.max_memory:
+            self._mem.append(r)
+        elif self._spill_pending >= self.max_spill:
+            self._drop(1, "spill full")
+        else:
+            self._spill(_record(r).encode())
 
     def _drop(self, n: int, why: str) -> None:
         self.dropped += n

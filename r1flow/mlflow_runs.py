@@ -139,6 +139,13 @@ class MLflowTracker(NullTracker):
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         self.queue.log_metrics({k: float(v) for k, v in metrics.items() if _finite(v)}, step)
 
+    def flush(self, timeout_s: float = 5.0) -> list[dict]:
+        """Wait (bounded) for queued metrics to be sent; returns those still pending."""
+        return self.queue.flush(timeout_s)
+
+    def requeue(self, records: list[dict]) -> None:
+        self.queue.requeue(records)
+
     def close(self, timeout_s: float = 60.0, unsent_path: str | Path | None = None):
         """Flush for up to ``timeout_s``; returns a ``QueueReport`` (unsent metrics are in its file)."""
         return self.queue.close(timeout_s, unsent_path)

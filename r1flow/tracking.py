@@ -21,6 +21,10 @@ class Tracker(Protocol):
 
     def log_artifact(self, path: str, folder: str) -> None: ...
 
+    def flush(self, timeout_s: float = 5.0) -> list[dict]: ...
+
+    def requeue(self, records: list[dict]) -> None: ...
+
     def close(self, timeout_s: float = 60.0) -> Any: ...
 
 
@@ -38,6 +42,13 @@ class NullTracker:
 
     def log_artifact(self, path: str, folder: str) -> None:
         pass
+
+    def flush(self, timeout_s: float = 5.0) -> list[dict]:
+        """Metrics logged but not yet delivered (MLflowTracker: still queued for the server)."""
+        return []
+
+    def requeue(self, records: list[dict]) -> None:
+        """Deliver metrics an earlier process could not (kept by a checkpoint)."""
 
     def close(self, timeout_s: float = 60.0) -> Any:
         """Flush what is buffered (MLflowTracker: metrics queued for the server); returns its report."""
@@ -64,6 +75,12 @@ class ListTracker(NullTracker):
 
     def log_artifact(self, path: str, folder: str) -> None:
         self.inner.log_artifact(path, folder)
+
+    def flush(self, timeout_s: float = 5.0) -> list[dict]:
+        return self.inner.flush(timeout_s)
+
+    def requeue(self, records: list[dict]) -> None:
+        self.inner.requeue(records)
 
     def close(self, timeout_s: float = 60.0) -> Any:
         return self.inner.close(timeout_s)
@@ -96,6 +113,12 @@ class EventTracker(NullTracker):
 
     def log_artifact(self, path: str, folder: str) -> None:
         self.inner.log_artifact(path, folder)
+
+    def flush(self, timeout_s: float = 5.0) -> list[dict]:
+        return self.inner.flush(timeout_s)
+
+    def requeue(self, records: list[dict]) -> None:
+        self.inner.requeue(records)
 
     def close(self, timeout_s: float = 60.0) -> Any:
         return self.inner.close(timeout_s)

@@ -11,11 +11,14 @@ its artifacts are then read back through the API, and MLflow links back to the f
 from __future__ import annotations
 
 import asyncio
+import http.server
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -50,6 +53,7 @@ async def _read_back(flow_run_id: str) -> dict:
                 "artifacts": {a.key: a.type for a in artifacts if a.key}, "deployments": sorted(deployments.values())}
 
 
+@pytest.mark.cluster
 def test_a_deployed_pipeline_runs_on_a_worker_with_stages_on_a_second_pool(tmp_path, prefect_server):
     home = tmp_path / "home"
     env = cli_env(home, PREFECT_API_URL=prefect_server, R1FLOW_REPO=str(REPO))
@@ -92,3 +96,63 @@ def test_a_deployed_pipeline_runs_on_a_worker_with_stages_on_a_second_pool(tmp_p
     assert set(REMOTE) <= set(stages)  # the remote stages log under the pipeline's MLflow run
     assert all(stages[s].info.status == "FINISHED" for s in REMOTE)
     assert Path(home / "store" / "artifacts" / "sft").is_dir()
+
+
+class _Receiver(http.server.BaseHTTPRequestHandler):
+    received: list[str] = []
+
+    def do_POST(self):  # noqa: N802 - the http.server hook name
+        self.received.append(self.rfile.read(int(self.headers.get("Content-Length", 0))).decode())
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.cluster
+def test_alerts_flag_a_stuck_then_failed_run(tmp_path, prefect_server):
+    """``r1flow alerts`` installs the automations; the server's own triggers then POST a "stuck"
+    notice while an R1-Zero run is still going (threshold 18 s) and a "failed" one when it fails
+    (its r1_zero stage is killed in both attempts)."""
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    home = tmp_path / "home"
+    env = cli_env(home, PREFECT_API_URL=prefect_server)
+    installed = subprocess.run([sys.executable, "-m", "flows.cli", "alerts", "--webhook-url",
+                                f"http://127.0.0.1:{server.server_port}/", "--allow-private-urls",
+                                "--stuck-after-hours", "0.005"], cwd=REPO, env=env, capture_output=True,
+                               text=True, timeout=300)
+    assert installed.returncode == 0 and installed.stdout.count("automation installed") == 2, installed.stderr[-3000:]
+    faults = f"r1_zero:300:{home / 'k1'},r1_zero:300:{home / 'k2'}"
+    run = subprocess.run([sys.executable, "-m", "flows.cli", "r1-zero", "--preset", "micro", "--name", "alerted",
+                          "--set", "r1_zero.grpo.steps=400"], cwd=REPO, env={**env, "R1FLOW_FAULT_KILL": faults},
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 1, run.stdout[-3000:] + run.stderr[-3000:]
+    deadline = time.time() + 120
+    while time.time() < deadline and not any("run failed" in body for body in _Receiver.received):
+        time.sleep(1)
+    server.shutdown()
+    notices = _Receiver.received
+    assert any("r1flow run stuck" in body and "r1-zero" in body for body in notices), notices
+    assert any("r1flow run failed" in body and "Failed" in body for body in notices), notices
+
+
+@pytest.mark.parametrize("kind", ["kubernetes", "docker"])
+def test_gpu_pool_templates_are_accepted_by_the_server(tmp_path, prefect_server, kind):
+    """The GPU base job templates: every placeholder has a variable (GPUs, node selector,
+    tolerations, device requests, the credentials secret), and a real server creates the pool."""
+    import re
+
+    path = REPO / "deployments" / "work-pools" / f"{kind}-gpu.json"
+    template = json.loads(path.read_text())
+    placeholders = set(re.findall(r"\{\{\s*([a-z_]+)\s*\}\}", json.dumps(template["job_configuration"])))
+    assert placeholders <= set(template["variables"]["properties"]), placeholders
+    expected = {"kubernetes": {"gpus", "node_selector", "tolerations", "credentials_secret"},
+                "docker": {"container_create_kwargs"}}[kind]
+    assert expected <= placeholders
+    env = cli_env(tmp_path / "home", PREFECT_API_URL=prefect_server)
+    prefect(["work-pool", "create", f"r1flow-gpu-{kind}", "--type", kind, "--base-job-template", str(path),
+             "--overwrite"], env)
+    shown = prefect(["work-pool", "inspect", f"r1flow-gpu-{kind}"], env)
+    assert kind in shown.stdout

@@ -138,3 +138,39 @@ def test_a_rejected_metric_is_counted_and_the_rest_of_its_batch_arrives(store, t
     assert report.lost == 5 and "bad/../key" in report.last_error
     assert history(c, run, "loss") == [(s, float(s)) for s in range(5)]
     assert history(c, run, "lr") == [(s, 0.1) for s in range(5)]
+
+
+def test_a_checkpoint_keeps_undelivered_metrics_and_a_restore_sends_them(store, tmp_path):
+    """The tracking server is away while a stage logs 5 steps and checkpoints, then the process
+    dies: the checkpoint holds the 15 undelivered metrics, and the resumed process (server back)
+    delivers them with their original timestamps."""
+    import torch
+
+    from r1flow.checkpoint import PENDING_METRICS, Checkpointer
+    from r1flow.store import LocalStore
+
+    uri, c, _ = store
+    run = new_run(store)
+    model = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    away = MLflowTracker(f"http://127.0.0.1:{closed_port()}", run, tmp_path / "spill-a", request_timeout_s=0.2)
+    for step in range(1, 6):
+        away.log_metrics(values(step), step)
+    ckpt = Checkpointer(LocalStore(tmp_path / "store"), "checkpoints/s/k", every=1, log=lambda m: None, tracker=away)
+    started = time.monotonic()
+    ckpt.save(5, model=model, optimizer=opt, scheduler=sched, extra={})
+    assert time.monotonic() - started < 10  # a bounded wait, not MLflow's minutes of retries
+    saved = json.loads((tmp_path / "store/checkpoints/s/k/step-00000005" / PENDING_METRICS).read_text())
+    assert len(saved) == 15 and {d["step"] for d in saved} == {1, 2, 3, 4, 5}
+    away.close(0.1)  # the process "dies"
+
+    back = MLflowTracker(uri, run, tmp_path / "spill-b")
+    resumed = Checkpointer(LocalStore(tmp_path / "store"), "checkpoints/s/k", every=1, log=lambda m: None, tracker=back)
+    assert resumed.restore(model=model, optimizer=opt, scheduler=sched).step == 5
+    report = back.close(30)
+    assert report.sent == 15 and report.unsent == 0
+    for key in values(0):
+        assert history(c, run, key) == [(s, values(s)[key]) for s in range(1, 6)]
+    stamps = {(d["key"], d["step"]): d["timestamp"] for d in saved}
+    assert all(m.timestamp == stamps[("loss", m.step)] for m in c.get_metric_history(run, "loss"))

@@ -101,7 +101,7 @@ class StageContext:
         return Checkpointer(self.store, checkpoint_prefix(self.spec.output_key), every=every,
                             keep=self.config.keep_checkpoints, log=self.log,
                             meta={"mlflow_run_id": self.spec.mlflow_run_id or ""},
-                            warm_start=self.spec.warm_start)
+                            warm_start=self.spec.warm_start, tracker=self.tracker)
 
     def chunk_log(self) -> ChunkLog:
         """Saved chunks of a generation stage (``r1flow.chunks``), beside its checkpoints."""
