@@ -3,7 +3,8 @@
 Two automations on the Prefect server, both sending to one webhook notification block (Slack, a
 chat bridge, a pager — anything that takes a POST):
 
-- **failed**: a flow run of the pipeline, R1-Zero or stage flow enters Failed or Crashed (reactive);
+- **failed**: a flow run of the pipeline, R1-Zero or stage flow enters Failed, Crashed or TimedOut
+  (reactive);
 - **stuck**: such a flow run started Running and has not reached a final state within
   ``stuck_after_s`` (proactive: it fires on the *absence* of the final event).
 
@@ -20,7 +21,7 @@ from prefect.blocks.notifications import CustomWebhookNotificationBlock
 
 FLOWS = ["r1-pipeline", "r1-zero", "r1-stage"]
 FINAL = {"prefect.flow-run.Completed", "prefect.flow-run.Failed", "prefect.flow-run.Crashed",
-         "prefect.flow-run.Cancelled"}
+         "prefect.flow-run.Cancelled", "prefect.flow-run.TimedOut"}
 BODY = ("r1flow flow run {{ flow_run.name }} ({{ flow.name }}) is {{ flow_run.state.name }}: "
         "{{ flow_run.state.message }} — {{ flow_run|ui_url }}")
 
@@ -32,13 +33,15 @@ def _flows_only() -> dict:
 def install(webhook_url: str, *, stuck_after_s: float = 12 * 3600, block_name: str = "r1flow-alerts",
             allow_private_urls: bool = False) -> list[str]:
     """Create or replace the notification block and the two automations; returns their names."""
-    block = CustomWebhookNotificationBlock(name=block_name, url=webhook_url, allow_private_urls=allow_private_urls,
-                                           json_data={"text": "{{subject}}: {{body}}"})
+    block = CustomWebhookNotificationBlock(  # the URL is the secret (a Slack webhook is): kept as one
+        name=block_name, url="{{webhook_url}}", secrets={"webhook_url": webhook_url},
+        allow_private_urls=allow_private_urls, json_data={"text": "{{subject}}: {{body}}"})
     block_id = block.save(block_name, overwrite=True)
     failed = Automation(
         name="r1flow: run failed",
         description="A pipeline, R1-Zero or stage flow run failed or crashed.",
-        trigger=EventTrigger(expect={"prefect.flow-run.Failed", "prefect.flow-run.Crashed"},
+        trigger=EventTrigger(expect={"prefect.flow-run.Failed", "prefect.flow-run.Crashed",
+                                     "prefect.flow-run.TimedOut"},
                              match={"prefect.resource.id": "prefect.flow-run.*"}, match_related=_flows_only(),
                              posture=Posture.Reactive, threshold=1, within=timedelta(0)),
         actions=[SendNotification(block_document_id=block_id, subject="r1flow run failed", body=BODY)])

@@ -100,14 +100,19 @@ class PipelineRun:
         if self.allow_config_change:
             return
         for stage in stages:
+            if stage in self.refresh:
+                continue
             previous = lineage.read_attempt(self.store, self.name, stage)
             crashed = lineage.crashed_checkpoint(self.store, previous, self._output_of(previous))
-            if stage in self.refresh or crashed is None:
+            if crashed is None:
                 continue
             section = self.config.section(stage)
             exclude = getattr(section, "cache_exclude", set())
-            now = {k: v for k, v in section.model_dump(mode="json").items() if k not in exclude}
-            if changes := lineage.config_diff(previous.config, now):
+            now = lineage.StageAttempt(  # its inputs are known only once upstream ran: not compared here
+                stage=stage, key="", config={k: v for k, v in section.model_dump(mode="json").items()
+                                             if k not in exclude},
+                runtime=self.runtime.stage_runtime(), inputs=previous.inputs, code=code_version())
+            if changes := lineage.changed_since(previous, now):
                 raise ConfigChanged(lineage.refusal(stage, self.name, crashed[1], changes))
 
     def _output_of(self, attempt: lineage.StageAttempt | None) -> str:
@@ -166,8 +171,10 @@ class PipelineRun:
         """The checkpoints this attempt continues from when they are not under its own key: those
         of this name's crashed attempt under another key (inputs or code changed) are refused
         (``ConfigChanged``) unless the stage is refreshed or a config change is allowed."""
+        if attempt.stage in self.refresh:
+            return None
         previous = lineage.read_attempt(self.store, self.name, attempt.stage)
-        if previous is None or attempt.stage in self.refresh:
+        if previous is None:
             return None
         if previous.key == attempt.key:
             return previous.warm_start if previous.status not in ("done", "cached") else None
@@ -196,8 +203,10 @@ class PipelineRun:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
-            artifacts.evaluation_table(self.name, self.refs, self.runtime.tracking_uri)
-            self.finish("FINISHED")
+            try:
+                artifacts.evaluation_table(self.name, self.refs, self.runtime.tracking_uri)
+            finally:
+                self.finish("FINISHED")
         elif not issubclass(exc_type, Exception):  # SIGTERM/SIGINT: Prefect's TerminationSignal, SystemExit
             self.finish("KILLED")
         else:

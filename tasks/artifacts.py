@@ -7,9 +7,11 @@ The MLflow side links back: every run carries the Prefect flow run's URL as a ta
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 from uuid import UUID
 
 from prefect.artifacts import (create_markdown_artifact, create_progress_artifact, create_table_artifact,
@@ -28,10 +30,24 @@ def artifact_key(*parts: str) -> str:
 
 
 def mlflow_run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
-    """A link a browser can open for an http(s) tracking server; the run id otherwise."""
+    """A link a browser can open for an http(s) tracking server; the run id otherwise. Credentials
+    in the URI (``user:password@``) never reach the artifact."""
+    parts = urlsplit(tracking_uri)
+    if parts.password or parts.username:
+        tracking_uri = urlunsplit(parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else "")))
     if tracking_uri.startswith(("http://", "https://")):
         return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
     return f"mlflow run {run_id} ({tracking_uri})"
+
+
+def quietly(what: str, call, *args, **kwargs) -> Any:
+    """Prefect artifacts are for people watching: a failing API call is logged, never allowed to
+    stop a stage or a pipeline."""
+    try:
+        return call(*args, **kwargs)
+    except Exception as exc:  # the Prefect API is away or refuses the artifact
+        logging.getLogger("r1flow.artifacts").warning("could not write the %s artifact: %s", what, exc)
+        return None
 
 
 class Progress:
@@ -39,17 +55,18 @@ class Progress:
     ``every_s`` seconds, so a fast loop does not flood the API)."""
 
     def __init__(self, stage: str, every_s: float = 2.0) -> None:
-        self.id: UUID = create_progress_artifact(progress=0.0, description=f"stage {stage}: progress")
+        self.id: UUID | None = quietly("progress", create_progress_artifact, progress=0.0,
+                                       description=f"stage {stage}: progress")
         self.every_s, self.last = every_s, 0.0
 
     def update(self, step: int, total: int, **info: Any) -> None:
         now = time.monotonic()
-        if total <= 0 or (now - self.last < self.every_s and step < total):
+        if self.id is None or total <= 0 or (now - self.last < self.every_s and step < total):
             return
         self.last = now
         detail = ", ".join(f"{k} {v}" for k, v in sorted(info.items()))
-        update_progress_artifact(self.id, progress=100.0 * step / total,
-                                 description=f"step {step} of {total}" + (f" ({detail})" if detail else ""))
+        quietly("progress", update_progress_artifact, self.id, progress=100.0 * step / total,
+                description=f"step {step} of {total}" + (f" ({detail})" if detail else ""))
 
 
 def stage_summary(pipeline: str, stage: str, state: str, ref: ArtifactRef, tracking_uri: str,
@@ -63,8 +80,8 @@ def stage_summary(pipeline: str, stage: str, state: str, ref: ArtifactRef, track
     shown = [(k, metrics[k]) for k in sorted(metrics) if k in SUMMARY_METRICS or EVAL.match(k)]
     if shown:
         lines += ["", "| metric | value |", "|---|---|", *[f"| {k} | {v:.4g} |" for k, v in shown]]
-    create_markdown_artifact(markdown="\n".join(lines), key=artifact_key(pipeline, stage),
-                             description=f"{pipeline}: stage {stage}")
+    quietly("summary", create_markdown_artifact, markdown="\n".join(lines), key=artifact_key(pipeline, stage),
+            description=f"{pipeline}: stage {stage}")
 
 
 def evaluation_table(pipeline: str, refs: dict[str, ArtifactRef], tracking_uri: str) -> list[dict[str, Any]]:
@@ -78,8 +95,8 @@ def evaluation_table(pipeline: str, refs: dict[str, ArtifactRef], tracking_uri: 
                 row[match["metric"]] = round(value, 4)
         rows += by_bench.values()
     if rows:
-        create_table_artifact(table=rows, key=artifact_key(pipeline, "evaluation"),
-                              description=f"{pipeline}: held-out evaluation of every model it produced")
+        quietly("evaluation table", create_table_artifact, table=rows, key=artifact_key(pipeline, "evaluation"),
+                description=f"{pipeline}: held-out evaluation of every model it produced")
     return rows
 
 

@@ -32,7 +32,7 @@ from r1flow.launcher import (
 )
 from r1flow.runtime import Runtime
 from r1flow.stages.runner import StageSpec
-from r1flow.store import ArtifactRef
+from r1flow.store import ArtifactRef, StoreUnreachable
 from tasks.artifacts import Progress
 
 
@@ -45,7 +45,7 @@ def _retry_crashes_only(task, task_run, state) -> bool:
     which resumes it; a refused config or input, a full disk or a bug in this code is not."""
     try:
         state.result()
-    except StageCrashed:
+    except (StageCrashed, StoreUnreachable, ConnectionError, TimeoutError):
         return True
     except Exception:
         return False
