@@ -23,8 +23,8 @@ ROWS = "rows.jsonl"
 
 
 class ChunkLog:
-    """Completed chunks of one stage attempt (``prefix``), and of the attempt it continues
-    (``warm_start``, with ``--allow-config-change``), in ``store``."""
+    """Completed chunks of one stage attempt (``prefix``) in ``store``; ``warm_start`` adds those of
+    another attempt — only for the same generation settings (the rows depend on them)."""
 
     def __init__(self, store: Store, prefix: str, *, warm_start: str | None = None,
                  log: Callable[[str], None] = print, meta: dict[str, str] | None = None) -> None:

@@ -8,6 +8,7 @@ Each stage section lists in ``cache_exclude`` the fields that do not change its 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -36,6 +37,9 @@ class Section(BaseModel):
     cache_exclude: ClassVar[set[str]] = set()
 
 
+_SECRET_KEY = re.compile(r"(secret|password|passwd|token|credential|access_key|api_key|private_key)", re.I)
+
+
 class Launch(Section):
     """Where a stage runs: ``local`` — its own process on the worker running the pipeline — or
     ``deployment`` — its own flow run of the stage deployment on that deployment's work pool
@@ -46,6 +50,20 @@ class Launch(Section):
     job_variables: dict[str, Any] = Field(default_factory=dict,
                                           description="work-pool job variables: image, GPUs, nodes, env")
     timeout_s: float | None = Field(None, gt=0, description="give up waiting for the stage flow run")
+
+    @field_validator("job_variables")
+    @classmethod
+    def _no_credentials(cls, value: dict[str, Any]) -> dict[str, Any]:
+        """Job variables travel as Prefect parameters and in run records: never credentials."""
+        stack = [value]
+        while stack:
+            item = stack.pop()
+            for k, v in item.items() if isinstance(item, dict) else []:
+                if _SECRET_KEY.search(str(k)):
+                    raise ValueError(f"{k!r} looks like a credential: give it to the work pool's environment "
+                                     "or a Kubernetes secret, not to launch.job_variables")
+                stack.append(v)
+        return value
 
 
 class StageSection(Section):

@@ -46,20 +46,31 @@ def ensure_free(path: str | Path, need_bytes: int, what: str) -> None:
                        "(R1FLOW_MIN_FREE_MB)")
 
 
-def is_disk_full(exc: BaseException) -> bool:
-    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+def is_disk_full(exc: BaseException | None) -> bool:
+    """ENOSPC/EDQUOT, also when a library wrapped it (torch.save raises RuntimeError, safetensors
+    its own error): the causes are walked and the OS message recognised."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(text in str(exc) for text in ("No space left on device", "Disk quota exceeded")):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 @contextmanager
 def disk_writes(what: str, path: str | Path) -> Iterator[None]:
-    """ENOSPC/EDQUOT inside the block becomes ``DiskFull`` naming ``what`` and ``path``."""
+    """A full disk inside the block becomes ``DiskFull`` naming ``what`` and ``path``."""
     try:
         yield
-    except OSError as exc:
-        if not is_disk_full(exc):
+    except Exception as exc:
+        if isinstance(exc, DiskFull) or not is_disk_full(exc):
             raise
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)[:200]
         raise DiskFull(f"disk full while writing {what} at {path} ({free_bytes(path) / _MB:.1f} MB free): "
-                       f"{exc.strerror}") from exc
+                       f"{reason}") from exc
 
 
 def tensor_bytes(*state_dicts: dict) -> int:

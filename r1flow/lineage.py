@@ -36,7 +36,7 @@ def check_name(name: str) -> str:
 class StageAttempt(BaseModel):
     """One stage attempt under a run name: what its cache key was made of, and how it ended."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="ignore")  # a record from a newer r1flow stays readable
     stage: str
     key: str
     config: dict[str, Any] = Field(description="output-relevant config (cache-excluded fields dropped)")
@@ -49,7 +49,7 @@ class StageAttempt(BaseModel):
 
 
 class PipelineRecord(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="ignore")  # a record from a newer r1flow stays readable
     name: str
     flow: str
     config: dict[str, Any]

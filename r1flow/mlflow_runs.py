@@ -71,12 +71,20 @@ def start_run(uri: str, exp_id: str, name: str, *, parent: str | None = None,
 
 
 def log_params(uri: str, run_id: str, params: dict[str, str]) -> None:
-    from mlflow.entities import Param
+    """Params are immutable in MLflow: on a run that has some already (a resumed stage), only new
+    ones are logged, and a value that changed since (a setting outside the cache key, such as
+    ``checkpoint_every``) is recorded as tag ``r1flow.param_changed.<name>``."""
+    from mlflow.entities import Param, RunTag
 
-    items = [Param(k[:250], v) for k, v in params.items()]
     c = client(uri)
+    params = {k[:250]: v for k, v in params.items()}
+    logged = c.get_run(run_id).data.params
+    items = [Param(k, v) for k, v in params.items() if k not in logged]
+    changed = [RunTag(f"r1flow.param_changed.{k}"[:250], v) for k, v in params.items() if k in logged and logged[k] != v]
     for i in range(0, len(items), 100):
         c.log_batch(run_id, params=items[i:i + 100])
+    for i in range(0, len(changed), 100):
+        c.log_batch(run_id, tags=changed[i:i + 100])
 
 
 def set_tags(uri: str, run_id: str, tags: dict[str, Any]) -> None:

@@ -122,3 +122,38 @@ def test_saved_chunks_are_reused_and_a_corrupt_one_is_generated_again(store):
     assert continued.load(0) == rows[0] and continued.loaded == 1
     with pytest.raises(MissingArtifact):
         store.manifest("checkpoints/rs/k2/chunks/chunk-000000")  # read from the warm start, not copied
+
+
+def test_a_resumed_run_keeps_its_params_and_tags_a_changed_setting(tmp_path):
+    """MLflow params are immutable: re-logging on a re-attached run adds the new ones and records a
+    changed cache-excluded setting (e.g. checkpoint_every) as a tag instead of failing."""
+    from r1flow import mlflow_runs
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    c = mlflow_runs.client(uri)
+    run = c.create_run(c.create_experiment("p")).info.run_id
+    mlflow_runs.log_params(uri, run, {"checkpoint_every": "1", "grpo.lr": "0.001"})
+    mlflow_runs.log_params(uri, run, {"checkpoint_every": "5", "grpo.lr": "0.001", "new": "x"})
+    data = c.get_run(run).data
+    assert data.params == {"checkpoint_every": "1", "grpo.lr": "0.001", "new": "x"}
+    assert data.tags["r1flow.param_changed.checkpoint_every"] == "5"
+
+
+def test_launch_job_variables_refuse_credentials():
+    from r1flow.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="AWS_SECRET_ACCESS_KEY' looks like a credential"):
+        load_config("micro", sets=["sft.launch.job_variables={env: {AWS_SECRET_ACCESS_KEY: x}}"])
+    assert load_config("micro", sets=["sft.launch.job_variables={gpus: 2}"]).sft.launch.job_variables == {"gpus": 2}
+
+
+def test_a_full_disk_is_recognised_when_a_library_wraps_it():
+    from r1flow.diskspace import DiskFull, disk_writes, is_disk_full
+
+    with pytest.raises(DiskFull, match="disk full while writing the model"):
+        with disk_writes("the model", "/tmp"):
+            try:
+                raise OSError(28, "No space left on device")
+            except OSError as exc:
+                raise RuntimeError("PytorchStreamWriter failed writing file data/0") from exc
+    assert not is_disk_full(RuntimeError("shape mismatch"))

@@ -105,8 +105,9 @@ class StageContext:
 
     def chunk_log(self) -> ChunkLog:
         """Saved chunks of a generation stage (``r1flow.chunks``), beside its checkpoints."""
-        return ChunkLog(self.store, checkpoint_prefix(self.spec.output_key), warm_start=self.spec.warm_start,
-                        log=self.log, meta={"mlflow_run_id": self.spec.mlflow_run_id or ""})
+        # no warm start here: a chunk's samples depend on the config that made them
+        return ChunkLog(self.store, checkpoint_prefix(self.spec.output_key), log=self.log,
+                        meta={"mlflow_run_id": self.spec.mlflow_run_id or ""})
 
     def write_json(self, name: str, obj: Any) -> Path:
         path = self.workdir / name
@@ -181,12 +182,14 @@ def run_spec(spec: StageSpec, rank: int = 0) -> ArtifactRef | None:
 
 
 def _deliver_metrics(tracker: mlflow_runs.MLflowTracker, ctx: StageContext) -> None:
-    """Wait (bounded) for queued metrics to reach MLflow; whatever could not be sent is kept in the
-    artifact (``mlflow_unsent_metrics.jsonl``) and counted in the log and on the run — never lost
-    silently."""
-    report = tracker.close(METRIC_FLUSH_S, unsent_path=ctx.workdir / "mlflow_unsent_metrics.jsonl")
+    """Wait (bounded) for queued metrics to reach MLflow; whatever could not be sent is kept on the
+    worker (``<work root>/unsent-metrics/<run id>.jsonl``, not in the artifact, whose digest keys
+    everything downstream) and counted in the log and on the run — never lost silently."""
+    unsent = Path(ctx.spec.work_root or tempfile.gettempdir()) / "unsent-metrics" / f"{ctx.spec.mlflow_run_id}.jsonl"
+    report = tracker.close(METRIC_FLUSH_S, unsent_path=unsent)  # outside the artifact: its digest stays put
     ctx.log(f"metrics to MLflow: {report.sent} of {report.logged} sent, {report.spilled} via disk spill, "
-            f"{report.unsent} unsent (kept in the artifact), {report.lost} dropped or rejected"
+            f"{report.unsent} unsent" + (f" (kept in {report.unsent_path})" if report.unsent else "")
+            + f", {report.lost} dropped or rejected"
             + (f"; last error: {report.last_error}" if report.last_error and (report.unsent or report.lost) else ""))
     try:
         ctx.set_tags(**{"r1flow.metrics_unsent": report.unsent, "r1flow.metrics_lost": report.lost})
