@@ -95,8 +95,9 @@ class PipelineRun:
         return None
 
     def _refuse_changed_configs(self, stages: tuple[str, ...]) -> None:
-        """Before anything runs: a stage of this name that crashed with checkpoints and whose own
-        config changed since is refused (``ConfigChanged``) unless refreshed or allowed."""
+        """Before anything runs: a stage of this name that crashed with checkpoints and whose config,
+        shared settings or code changed since is refused (``ConfigChanged``) unless refreshed or
+        allowed; changed inputs are found per stage, once upstream has run (``_warm_start``)."""
         if self.allow_config_change:
             return
         for stage in stages:
