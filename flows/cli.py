@@ -131,13 +131,15 @@ def resume(name: str = typer.Argument(..., help="the pipeline run to resume"), s
 
 @app.command("r1-zero")
 def r1_zero(preset: str = Preset, config: Optional[str] = ConfigFile, set_: Optional[list[str]] = Sets,
-            name: str = typer.Option("r1-zero", "--name", "-n"), allow_config_change: bool = AllowChange):
+            name: str = typer.Option("r1-zero", "--name", "-n"), allow_config_change: bool = AllowChange,
+            refresh: Optional[list[str]] = typer.Option(None, "--refresh", help="force a stage to re-run")):
     """Run the R1-Zero branch: RL straight from the base model."""
     _setup_env()
     cfg = _load(preset, config, set_)
     from flows.pipeline import r1_zero as flow_fn
 
-    _run_flow(flow_fn, config=cfg.model_dump(mode="json"), name=name, allow_config_change=allow_config_change)
+    _run_flow(flow_fn, config=cfg.model_dump(mode="json"), name=name, refresh=refresh or [],
+              allow_config_change=allow_config_change)
 
 
 @app.command()

@@ -61,7 +61,7 @@ class PipelineRun:
         self.store = self.runtime.store()
         self._refuse_changed_configs(stages or config.stage_names())
         self.exp_id = self.runtime.experiment_id()
-        flow_run_id = _flow_run_id()
+        self.flow_run_id = flow_run_id = _flow_run_id()
         self.parent_run_id = (parent_run_id or self._reopen_parent(flow, resume, flow_run_id)
                               or self._start_parent(flow))
         self.runtime.parent_run_id = self.parent_run_id
@@ -128,9 +128,11 @@ class PipelineRun:
         attempt = lineage.StageAttempt(
             stage=name, key=key, config={k: v for k, v in config.items() if k not in exclude},
             runtime=self.runtime.stage_runtime(), inputs={k: v.digest for k, v in inputs.items()},
-            code=code_version())
+            code=code_version(), flow_run_id=self.flow_run_id)
         attempt.warm_start = self._warm_start(attempt)
-        if name in self.refresh:  # afresh: no resuming from this key's earlier checkpoints either
+        if name in self.refresh and self.owns_parent and not self._retrying(attempt):
+            # afresh: no resuming from this key's earlier checkpoints either — but only once: a
+            # retry of this flow run (``prefect flow-run retry``) replays --refresh and must resume
             clear_saved(self.store, checkpoint_prefix(self.runtime.output_key(name, key)))
         invalidate_stale(name, key, self.runtime)
         lineage.write_attempt(self.store, self.name, attempt)
@@ -158,6 +160,12 @@ class PipelineRun:
         artifacts.stage_summary(self.name, name, attempt.status, ref, self.runtime.tracking_uri, self.exp_id)
         self.refs[name] = ref
         return ref
+
+    def _retrying(self, attempt: lineage.StageAttempt) -> bool:
+        """Is this the same flow run coming back to an unfinished attempt of the same work?"""
+        previous = lineage.read_attempt(self.store, self.name, attempt.stage)
+        return bool(previous and attempt.flow_run_id and previous.flow_run_id == attempt.flow_run_id
+                    and previous.key == attempt.key and previous.status not in ("done", "cached"))
 
     def _stage_flow_parameters(self, stage: str, inputs: dict[str, ArtifactRef]) -> dict[str, Any]:
         """Parameters of the ``r1-stage`` flow that runs ``stage`` elsewhere: the same config (the

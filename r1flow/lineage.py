@@ -44,6 +44,7 @@ class StageAttempt(BaseModel):
     inputs: dict[str, str] = Field(default_factory=dict, description="input name -> content digest")
     code: str = ""
     warm_start: str | None = Field(None, description="checkpoints of an earlier attempt it continues")
+    flow_run_id: str | None = Field(None, description="the Prefect flow run that started it")
     status: Status = "running"
     updated: str = Field(default_factory=lambda: datetime.now(UTC).isoformat())
 

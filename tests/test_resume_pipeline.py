@@ -117,7 +117,9 @@ def test_allow_config_change_continues_from_the_checkpoint_in_a_linked_run(home)
 
 
 def test_prefect_flow_run_retry_resumes_a_failed_run(home):
-    crashed = _crash_twice(home, "retried")
+    """Started with --refresh r1_zero: the retry replays that parameter, and still resumes (the
+    refresh cleared the stage's checkpoints once, when the flow run first reached it)."""
+    crashed = _crash_twice(home, "retried", "--refresh", "r1_zero")
     flow_run_id = next(line.split()[-1] for line in crashed.stdout.splitlines() if line.startswith("Prefect flow run:"))
     out = subprocess.run([sys.executable, "-m", "prefect", "flow-run", "retry", flow_run_id,
                           "--entrypoint", "flows/pipeline.py:r1_zero"], cwd=REPO, env=cli_env(home),
