@@ -55,16 +55,13 @@ class NullTracker:
         return None
 
 
-class ListTracker(NullTracker):
-    """Keeps every logged metric in memory (tests, small scripts, plots), passing everything on
-    to ``inner`` when given."""
+class ForwardingTracker(NullTracker):
+    """Passes every call on to ``inner``; subclasses add what they do on the way."""
 
     def __init__(self, inner: Tracker | None = None) -> None:
-        self.history: list[tuple[int, dict[str, float]]] = []
         self.inner = inner or NullTracker()
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        self.history.append((step, dict(metrics)))
         self.inner.log_metrics(metrics, step)
 
     def progress(self, step: int, total: int, **info: Any) -> None:
@@ -85,15 +82,25 @@ class ListTracker(NullTracker):
     def close(self, timeout_s: float = 60.0) -> Any:
         return self.inner.close(timeout_s)
 
+
+class ListTracker(ForwardingTracker):
+    """Keeps every logged metric in memory (tests, small scripts, plots), passing everything on
+    to ``inner`` when given."""
+
+    def __init__(self, inner: Tracker | None = None) -> None:
+        super().__init__(inner)
+        self.history: list[tuple[int, dict[str, float]]] = []
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        self.history.append((step, dict(metrics)))
+        self.inner.log_metrics(metrics, step)
+
     def series(self, key: str) -> list[float]:
         return [m[key] for _, m in self.history if key in m]
 
 
-class EventTracker(NullTracker):
+class EventTracker(ForwardingTracker):
     """Reports metrics and progress as structured events on stdout (see ``r1flow.events``)."""
-
-    def __init__(self, inner: Tracker | None = None) -> None:
-        self.inner = inner or NullTracker()
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         from r1flow.events import emit
@@ -107,18 +114,3 @@ class EventTracker(NullTracker):
 
         emit("progress", step=step, total=total, info=info)
         self.inner.progress(step, total, **info)
-
-    def log_table(self, rows: list[dict[str, Any]], name: str) -> None:
-        self.inner.log_table(rows, name)
-
-    def log_artifact(self, path: str, folder: str) -> None:
-        self.inner.log_artifact(path, folder)
-
-    def flush(self, timeout_s: float = 5.0) -> list[dict]:
-        return self.inner.flush(timeout_s)
-
-    def requeue(self, records: list[dict]) -> None:
-        self.inner.requeue(records)
-
-    def close(self, timeout_s: float = 60.0) -> Any:
-        return self.inner.close(timeout_s)
