@@ -7,7 +7,7 @@ Python) and the loop's own ``extra`` state (data position, metric windows, parti
 Because the trainers' data order and sampling seeds are pure functions of (seed, step), that is
 all a resumed loop needs to reproduce the uninterrupted run bit for bit on CPU.
 
-- ``latest`` returns the newest checkpoint whose files all match their sha256; a truncated or
+- ``restore`` loads the newest checkpoint whose files all match their sha256; a truncated or
   corrupt one is skipped with a warning and the previous one is used.
 - Metrics logged up to the checkpoint but not yet delivered to MLflow (a server outage, the
   sender's queue) are saved with it and re-sent on restore: a kill loses no metric history.
@@ -36,7 +36,7 @@ from r1flow.store import Store, StoreError
 
 STEP_DIR = re.compile(r"step-(\d{8})$")
 PENDING_METRICS = "metrics_pending.json"
-METRIC_FLUSH_S = 2.0  # at a checkpoint, wait this long for queued metrics; the rest is saved with it
+CHECKPOINT_METRIC_WAIT_S = 2.0  # at a checkpoint, wait this long for queued metrics; the rest is saved with it
 
 
 def checkpoint_prefix(output_key: str) -> str:
@@ -111,7 +111,7 @@ class Checkpointer:
                 torch.save(model.state_dict(), folder / "model.pt")
                 torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                             "rng": rng_state(), "extra": extra}, folder / "state.pt")
-                pending = self.tracker.flush(METRIC_FLUSH_S) if self.tracker is not None else []
+                pending = self.tracker.flush(CHECKPOINT_METRIC_WAIT_S) if self.tracker is not None else []
                 (folder / PENDING_METRICS).write_text(json.dumps(pending))
             ref = self.store.put_dir(folder, f"{self.prefix}/step-{step:08d}", meta={**self.meta, "step": str(step)})
         self._prune()

@@ -16,6 +16,8 @@ import signal
 import sys
 import tempfile
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -131,23 +133,31 @@ def _resolve_inputs(store: Store, spec: StageSpec, cache_dir: Path) -> dict[str,
     return paths
 
 
+@contextmanager
+def _refusals() -> Iterator[None]:
+    """A bad config or input becomes ``UserError`` (exit 2, not retried); a full disk or an S3
+    store that is away is not the input's fault and passes through."""
+    try:
+        yield
+    except (DiskFull, StoreUnreachable):
+        raise
+    except (ValidationError, StoreError, FileNotFoundError, ValueError) as exc:
+        raise UserError(str(exc)) from exc
+
+
 def run_spec(spec: StageSpec, rank: int = 0) -> ArtifactRef | None:
     """Run one stage in this process; returns the published ref (rank 0) or None."""
     from r1flow.stages import load_stage
 
     stage = load_stage(spec.stage)
     tracking = spec.tracking_uri and spec.mlflow_run_id and rank == 0
-    try:
+    with _refusals():
         config = stage.Config.model_validate(spec.config)
         store = open_store(spec.store_root, s3_endpoint_url=spec.s3_endpoint_url)
         store.check()
         work_root = Path(spec.work_root or tempfile.gettempdir())
         work_root.mkdir(parents=True, exist_ok=True)
         inputs = _resolve_inputs(store, spec, work_root / "inputs")
-    except (DiskFull, StoreUnreachable):  # not the input's fault: a full disk, or S3 away (retried)
-        raise
-    except (ValidationError, StoreError, FileNotFoundError, ValueError) as exc:
-        raise UserError(str(exc)) from exc
     workdir = Path(tempfile.mkdtemp(prefix=f"{spec.stage}-", dir=work_root))
     spill = work_root / "metric-spill"  # metrics waiting out a tracking-server outage (r1flow.metric_queue)
     spill.mkdir(exist_ok=True)
@@ -158,17 +168,13 @@ def run_spec(spec: StageSpec, rank: int = 0) -> ArtifactRef | None:
                                mlflow_runs.flatten(config.model_dump(mode="json")))
     ctx = StageContext(spec, config, inputs, workdir, store, tracker, rank)
     try:
-        try:
+        with _refusals():
             stage.check(ctx)  # cheap input checks before the expensive part
-        except (DiskFull, StoreUnreachable):
-            raise
-        except (ValidationError, StoreError, FileNotFoundError, ValueError) as exc:
-            raise UserError(str(exc)) from exc
         stage.run(ctx)
         if rank != 0:
             return None
         if inner is not None:
-            _deliver_metrics(inner, ctx)
+            _deliver_metrics(inner, ctx, _unsent_path(work_root, spec))
         meta = {"stage": spec.stage, "mlflow_run_id": spec.mlflow_run_id or ""}
         ref = store.put_dir(workdir, spec.output_key, meta=meta)
         if tracking:
@@ -176,17 +182,21 @@ def run_spec(spec: StageSpec, rank: int = 0) -> ArtifactRef | None:
                                  {"r1flow.artifact_uri": ref.uri, "r1flow.artifact_digest": ref.digest})
         return ref
     finally:
-        if inner is not None:  # a failed stage: flush briefly, keep what is unsent beside the work folder
-            inner.close(METRIC_FLUSH_S / 2, unsent_path=work_root / f"{workdir.name}-unsent-metrics.jsonl")
+        if inner is not None:  # a failed stage: flush briefly (a no-op after _deliver_metrics)
+            inner.close(METRIC_FLUSH_S / 2, unsent_path=_unsent_path(work_root, spec))
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _deliver_metrics(tracker: mlflow_runs.MLflowTracker, ctx: StageContext) -> None:
-    """Wait (bounded) for queued metrics to reach MLflow; whatever could not be sent is kept on the
-    worker (``<work root>/unsent-metrics/<run id>.jsonl``, not in the artifact, whose digest keys
-    everything downstream) and counted in the log and on the run — never lost silently."""
-    unsent = Path(ctx.spec.work_root or tempfile.gettempdir()) / "unsent-metrics" / f"{ctx.spec.mlflow_run_id}.jsonl"
-    report = tracker.close(METRIC_FLUSH_S, unsent_path=unsent)  # outside the artifact: its digest stays put
+def _unsent_path(work_root: Path, spec: StageSpec) -> Path:
+    """Where metrics MLflow never got are kept: on the worker, not in the artifact (whose digest
+    keys everything downstream)."""
+    return work_root / "unsent-metrics" / f"{spec.mlflow_run_id}.jsonl"
+
+
+def _deliver_metrics(tracker: mlflow_runs.MLflowTracker, ctx: StageContext, unsent: Path) -> None:
+    """Wait (bounded) for queued metrics to reach MLflow; whatever could not be sent is kept in
+    ``unsent`` and counted in the log and on the run — never lost silently."""
+    report = tracker.close(METRIC_FLUSH_S, unsent_path=unsent)
     ctx.log(f"metrics to MLflow: {report.sent} of {report.logged} sent, {report.spilled} via disk spill, "
             f"{report.unsent} unsent" + (f" (kept in {report.unsent_path})" if report.unsent else "")
             + f", {report.lost} dropped or rejected"
