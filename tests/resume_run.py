@@ -23,7 +23,7 @@ from r1flow.grpo.params import GRPOParams
 from r1flow.grpo.rewarding import completion_reward
 from r1flow.grpo.trainer import train_grpo
 from r1flow.modeling import load_model
-from r1flow.store import LocalStore
+from r1flow.store_local import LocalStore
 from r1flow.tracking import NullTracker
 from r1flow.train.sft import SFTParams, train_sft
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from r1flow.diskspace import DiskFull
-from r1flow.store import LocalStore
+from r1flow.store_local import LocalStore
 from tests.conftest import r1flow
 
 pytestmark = pytest.mark.faults

@@ -9,7 +9,8 @@ import torch
 from r1flow import lineage
 from r1flow.checkpoint import Checkpointer, checkpoint_prefix, clear_saved, newest_saved
 from r1flow.chunks import ChunkLog
-from r1flow.store import LocalStore, MissingArtifact
+from r1flow.store import MissingArtifact
+from r1flow.store_local import LocalStore
 
 
 @pytest.fixture

@@ -147,7 +147,7 @@ def test_a_checkpoint_keeps_undelivered_metrics_and_a_restore_sends_them(store, 
     import torch
 
     from r1flow.checkpoint import PENDING_METRICS, Checkpointer
-    from r1flow.store import LocalStore
+    from r1flow.store_local import LocalStore
 
     uri, c, _ = store
     run = new_run(store)

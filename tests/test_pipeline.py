@@ -191,7 +191,7 @@ def test_killed_rejection_sampling_resumes_without_duplicated_or_missing_samples
     """Rejection sampling in 4 chunks of 8 prompts, SIGKILLed after its second chunk: the retry
     reuses the two saved chunks and publishes the same dataset, byte for byte, as a run that was
     never interrupted."""
-    from r1flow.store import LocalStore
+    from r1flow.store_local import LocalStore
 
     home, _ = micro_home
     args = ["stage", "rejection_sampling", "--preset", "micro", "--name", "first",

@@ -17,7 +17,7 @@ import torch
 
 from r1flow.checkpoint import Checkpointer
 from r1flow.modeling import ModelArch, build_model, save_model, train_tokenizer
-from r1flow.store import LocalStore
+from r1flow.store_local import LocalStore
 
 SCRIPT = Path(__file__).with_name("resume_run.py")
 ARCH = ModelArch(hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=128)

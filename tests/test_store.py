@@ -16,7 +16,6 @@ from r1flow.store import (
     MANIFEST,
     ArtifactRef,
     CorruptArtifact,
-    LocalStore,
     MissingArtifact,
     Store,
     StoreError,
@@ -25,6 +24,7 @@ from r1flow.store import (
     open_store,
     sha256_file,
 )
+from r1flow.store_local import LocalStore
 from r1flow.store_s3 import S3Options, S3Store
 from tests.s3server import create_bucket, dummy_aws_env, free_port, moto_server
 
