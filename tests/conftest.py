@@ -46,6 +46,15 @@ def repo() -> Path:
     return REPO
 
 
+@pytest.fixture(scope="module")
+def pool():
+    """A grading pool (``r1flow.rewards``) with two workers, for the reward tests."""
+    from r1flow.rewards import GradingPool
+
+    with GradingPool(workers=2) as grading_pool:
+        yield grading_pool
+
+
 @pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory) -> Iterator[str]:
     """A real ``prefect server start`` on loopback (sqlite in its own PREFECT_HOME), once per
