@@ -167,6 +167,20 @@ def stage(stage_name: str = typer.Argument(..., metavar="STAGE"), preset: str = 
 
 
 @app.command()
+def evaluate(model: str = typer.Argument(..., help="models:/NAME@ALIAS, models:/NAME/VERSION, run:NAME[/STAGE] "
+                                         "or an artifact URI"),
+             preset: str = Preset, config: Optional[str] = ConfigFile, set_: Optional[list[str]] = Sets,
+             name: str = typer.Option("r1-eval", "--name", "-n"),
+             refresh: bool = typer.Option(False, "--refresh", help="evaluate again although cached")):
+    """Evaluate one model on the `evaluate` benchmarks (pass@1 over k samples, cons@k)."""
+    _setup_env()
+    cfg = _load(preset, config, set_)
+    from flows.pipeline import evaluation
+
+    _run_flow(evaluation, model=model, config=cfg.model_dump(mode="json"), name=name, refresh=refresh)
+
+
+@app.command()
 def status(name: Optional[str] = typer.Argument(None, help="pipeline run name (default: latest)")):
     """Each stage of a pipeline run: done / cached / failed / running, artifact URI, MLflow run."""
     _setup_env()

@@ -10,6 +10,7 @@ from typing import Any
 
 from prefect import flow
 
+from flows.models import record_evaluation, register_outputs, resolve_model
 from flows.run import PipelineRun
 from r1flow.config import resolve
 
@@ -26,8 +27,9 @@ def pipeline(config: dict[str, Any], name: str = "r1", refresh: list[str] | None
         data = run.stage("rejection_sampling", policy=reasoner)        # §2.3.3 rejection sampling + SFT data
         sft = run.stage("sft", base=base, data=data)                   # §2.3.3 SFT of the base, 2 epochs
         judge = run.stage("reward_model", base=base)                   # §2.3.4 reward model (helpfulness)
-        run.stage("final_rl", policy=sft, reward_model=judge)          # §2.3.4 RL for all scenarios
-        run.stage("distill", base=base, data=data)                     # §2.4   distill the students
+        final = run.stage("final_rl", policy=sft, reward_model=judge)  # §2.3.4 RL for all scenarios
+        student = run.stage("distill", base=base, data=data)           # §2.4   distill the students
+        register_outputs(run.config, run.runtime, name, final, student)  # registry: alias "candidate"
     return run.summary()
 
 
@@ -38,6 +40,19 @@ def r1_zero(config: dict[str, Any], name: str = "r1-zero", refresh: list[str] | 
                      allow_config_change=allow_config_change, resume=resume) as run:
         base = run.stage("base")
         run.stage("r1_zero", policy=base)                              # §2.2 RL from the base alone
+    return run.summary()
+
+
+@flow(name="r1-evaluation")
+def evaluation(model: str, config: dict[str, Any], name: str = "r1-eval", refresh: bool = False) -> dict:
+    """Evaluate one model (paper §3 metrics): ``models:/NAME@ALIAS`` (the nightly schedule: the
+    registered candidate), ``run:NAME[/STAGE]`` or an artifact URI (``flows.models``)."""
+    with PipelineRun(resolve(config), name, ["evaluation"] if refresh else None, flow="r1-evaluation",
+                     stages=("evaluation",)) as run:
+        target, version = resolve_model(model, run.config, run.runtime)
+        result = run.stage("evaluation", model=target)
+        if version is not None:
+            record_evaluation(run.runtime, version, result)
     return run.summary()
 
 

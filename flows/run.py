@@ -50,7 +50,7 @@ class PipelineRun:
         self.owns_parent = parent_run_id is None  # a stage flow launched by a pipeline logs under its run
         self.allow_config_change = allow_config_change
         self.refresh = set(refresh or [])
-        unknown = self.refresh - set(config.stage_names())
+        unknown = self.refresh - set(stages or config.stage_names())
         if unknown:
             raise ValueError(f"--refresh names unknown stage(s): {sorted(unknown)}")
         self.runtime = Runtime(pipeline_name=name, store_root=config.store.root,

@@ -14,7 +14,7 @@ import json
 from typing import Any
 
 from r1flow import mlflow_runs
-from r1flow.config import STAGES, PipelineConfig
+from r1flow.config import EVALUATION, STAGES, PipelineConfig
 from r1flow.runtime import Runtime
 
 KEY_METRICS = ("loss", "reward/mean", "kl_k3", "clip_fraction", "response_length/mean", "kept", "accuracy",
@@ -35,7 +35,7 @@ def stage_rows(name: str | None) -> tuple[Any, list[dict[str, str]]]:
     _, run = _latest(name)
     tags = run.data.tags
     rows = []
-    for stage in STAGES:
+    for stage in STAGES + (EVALUATION,):
         prefix = f"r1flow.stage.{stage}."
         if prefix + "state" in tags:
             rows.append({"stage": stage, "state": tags[prefix + "state"], "uri": tags.get(prefix + "uri", ""),

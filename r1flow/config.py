@@ -26,6 +26,7 @@ CONFIG_DIRS = [Path(__file__).resolve().parent.parent / "configs", Path.cwd() / 
 RULE_REWARDS = ("accuracy", "format", "language")
 STAGES = ("base", "r1_zero", "cold_start", "reasoning_rl", "rejection_sampling", "sft",
           "reward_model", "final_rl", "distill")
+EVALUATION = "evaluation"  # a stage of its own flow (evaluate one model), not of the pipeline
 
 
 class ConfigError(ValueError):
@@ -201,6 +202,15 @@ class EvalConfig(Section):
     engine: Literal["torch", "hf"] = Field("torch", description="sampling engine for evaluation and data generation")
 
 
+class EvaluationConfig(StageSection):
+    """The evaluation flow: one model artifact on the ``evaluate`` benchmarks (paper §3)."""
+
+    which: Literal["teacher", "student"] = Field("teacher", description="the base artifact's model to "
+                                                 "evaluate (artifacts holding one model/ ignore it)")
+    template: Literal["r1_zero", "r1"] | None = Field(None, description="prompt template; default: the one "
+                                                     "the model's own stage evaluated with")
+
+
 class StoreConfig(Section):
     root: str = Field("", description="'' = $R1FLOW_HOME/store; a path, or s3://bucket/prefix")
     s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, moto)")
@@ -208,6 +218,8 @@ class StoreConfig(Section):
 
 class TrackingConfig(Section):
     experiment: str = Field("r1flow", description="MLflow experiment name")
+    registered_model: str = Field("r1flow-{preset}", description="MLflow registered model of the pipeline's "
+                                  "final model ({preset} filled in; students: NAME-student); '' = none")
 
 
 class PipelineConfig(BaseModel):
@@ -234,10 +246,11 @@ class PipelineConfig(BaseModel):
         PromptSource(source="nonreasoning", num_prompts=300, weight=0.5,
                      rewards=[RewardSpec(name="reward_model")])]))
     distill: SFTConfig = Field(default_factory=lambda: SFTConfig(model="student"))
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
 
     def section(self, stage: str) -> Section:
-        if stage not in STAGES:
-            raise ConfigError(f"unknown stage {stage!r}; known: {', '.join(STAGES)}")
+        if stage not in STAGES + (EVALUATION,):
+            raise ConfigError(f"unknown stage {stage!r}; known: {', '.join(STAGES + (EVALUATION,))}")
         return getattr(self, stage)
 
     @staticmethod

@@ -211,3 +211,38 @@ def test_killed_rejection_sampling_resumes_without_duplicated_or_missing_samples
     got = store.manifest(uri)
     assert got.created != want.created  # published again by the resumed attempt
     assert got.digest == want.digest and (store.local_path(uri) / "sft.jsonl").read_text() == rows
+
+
+def test_registered_candidate_is_evaluated_by_the_evaluation_flow(micro_home):
+    """The pipeline registered its final model and student by reference (alias ``candidate``);
+    the evaluation flow resolves ``models:/…@candidate`` to that store artifact, evaluates it (its
+    metrics land on the version as tags), and the same model named as ``run:NAME`` is a cache hit."""
+    from r1flow import registry
+
+    home, _ = micro_home
+    mlflow_runs, uri = _mlflow(home)
+    candidate = registry.resolve(uri, "models:/r1flow-micro@candidate")
+    student = registry.resolve(uri, "models:/r1flow-micro-student@candidate")
+    assert "/artifacts/final_rl/" in candidate.source and "/artifacts/distill/" in student.source
+    assert candidate.digest and not (home / "store" / "artifacts" / "evaluation").exists()
+
+    nightly = r1flow(["evaluate", "models:/r1flow-micro@candidate", "--preset", "micro", "--name", "nightly"], home)
+    assert nightly.returncode == 0, nightly.stdout[-3000:] + nightly.stderr[-3000:]
+    parent = mlflow_runs.find_pipeline_runs(uri, "nightly")[0]
+    (child,) = mlflow_runs.child_runs(uri, parent)
+    assert child.data.tags["r1flow.evaluated_uri"] == candidate.source
+    assert 0.0 <= child.data.metrics["eval/arith_heldout/pass_at_1"] <= 1.0
+    tags = mlflow_runs.client(uri).get_model_version("r1flow-micro", candidate.version).tags
+    assert tags["r1flow.evaluated.run"] == child.info.run_id
+    assert float(tags["r1flow.evaluated.arith_heldout.pass_at_1"]) == pytest.approx(
+        child.data.metrics["eval/arith_heldout/pass_at_1"], abs=1e-5)
+    assert "r1flow.eval.arith_heldout.pass_at_1" in tags  # the final_rl stage's own evaluation
+
+    # the newest run, "fourth", re-registered the final model of "first" (a cache hit) as candidate
+    assert mlflow_runs.find_pipeline_runs(uri, "fourth")[0].data.tags["r1flow.stage.final_rl.uri"] == candidate.source
+    again = r1flow(["evaluate", "run:fourth", "--preset", "micro", "--name", "by-run"], home)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert mlflow_runs.find_pipeline_runs(uri, "by-run")[0].data.tags["r1flow.stage.evaluation.state"] == "cached"
+
+    missing = r1flow(["evaluate", "models:/r1flow-micro@nope", "--preset", "micro"], home)
+    assert missing.returncode == 2 and "models:/r1flow-micro@nope" in missing.stderr, missing.stderr[-2000:]

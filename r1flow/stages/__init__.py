@@ -17,6 +17,7 @@ STAGES = {
     "reward_model": "r1flow.stages.reward_model",
     "final_rl": "r1flow.stages.rl",
     "distill": "r1flow.stages.sft",
+    "evaluation": "r1flow.stages.evaluation",
 }
 
 

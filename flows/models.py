@@ -1,0 +1,115 @@
+"""Which model a flow means, and what a pipeline registers.
+
+A model is named in one of three ways (``r1flow evaluate MODEL``, the ``r1-evaluation``
+deployment's ``model`` parameter):
+
+- ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, ``models:/NAME/latest`` — a registered version
+  (``r1flow.registry``); its source is the artifact's store URI, and its digest must still match;
+- ``run:NAME`` or ``run:NAME/STAGE`` — the newest model of pipeline run NAME (``final_rl`` if it
+  got that far, else the last model-producing stage it finished), or that stage's;
+- an artifact URI or path in the store.
+
+A pipeline registers its final model as ``tracking.registered_model`` and its student as
+``…-student``, each with the alias ``candidate`` and its evaluation as version tags.
+"""
+
+from __future__ import annotations
+
+from prefect import get_run_logger
+
+from r1flow import mlflow_runs, registry
+from r1flow.config import ConfigError, PipelineConfig
+from r1flow.runtime import Runtime
+from r1flow.store import ArtifactRef, StoreError
+
+MODEL_STAGES = ("final_rl", "sft", "reasoning_rl", "cold_start", "r1_zero", "base", "distill")
+EVAL_TAG = "r1flow.eval."  # the evaluation of the stage that made the model
+LATEST_TAG = "r1flow.evaluated."  # the newest run of the evaluation flow on it
+
+
+def resolve_model(model: str, config: PipelineConfig, runtime: Runtime) -> tuple[ArtifactRef, registry.Version | None]:
+    """The artifact ``model`` names (and its registered version, if named so); a ``ConfigError``
+    naming ``model`` when it names nothing evaluable."""
+    version = None
+    try:
+        if registry.is_model_uri(model):
+            version = registry.resolve(runtime.tracking_uri, model)
+            uri = version.source
+        elif model.startswith("run:"):
+            uri = _model_of_run(runtime.tracking_uri, model[4:], config)
+        else:
+            uri = model
+        store = runtime.store()
+        if not store.verify(uri):
+            raise LookupError(f"no complete artifact at {store.resolve(uri)}")
+        ref = store.ref(uri)
+    except (LookupError, StoreError, ValueError) as exc:
+        raise ConfigError(f"model {model!r}: {exc}") from None
+    if version and version.digest and version.digest != ref.digest:
+        raise ConfigError(f"model {model!r}: the artifact at {uri} changed since version {version.version} was "
+                          f"registered (digest {ref.digest[:12]}, registered {version.digest[:12]})")
+    return ref, version
+
+
+def _model_of_run(tracking_uri: str, spec: str, config: PipelineConfig) -> str:
+    name, _, stage = spec.partition("/")
+    if stage:
+        config.section(stage)  # an unknown stage name fails here, naming the known ones
+    for run in mlflow_runs.find_pipeline_runs(tracking_uri, name, config.tracking.experiment):
+        tags = run.data.tags
+        for candidate in (stage,) if stage else MODEL_STAGES:
+            if tags.get(f"r1flow.stage.{candidate}.state") in ("done", "cached"):
+                return tags[f"r1flow.stage.{candidate}.uri"]
+    raise LookupError(f"no pipeline run named {name!r} finished " + (f"stage {stage}" if stage else "a model stage"))
+
+
+def registered_name(config: PipelineConfig) -> str:
+    return config.tracking.registered_model.format(preset=config.preset or "custom")
+
+
+def register_outputs(config: PipelineConfig, runtime: Runtime, pipeline: str, final: ArtifactRef,
+                     student: ArtifactRef | None = None) -> list[registry.Version]:
+    """Register the final model and the student, by reference, with the alias ``candidate``."""
+    from mlflow.exceptions import MlflowException
+
+    name = registered_name(config)
+    if not name:
+        return []
+    versions = []
+    for model_name, ref in ((name, final), (f"{name}-student", student)):
+        if ref is None:
+            continue
+        run_id = ref.meta.get("mlflow_run_id", "")
+        tags = {"r1flow.pipeline": pipeline, "r1flow.stage": ref.meta.get("stage", ""),
+                "r1flow.parent_run": runtime.parent_run_id or "", **evaluation_tags(runtime.tracking_uri, run_id)}
+        try:
+            version = registry.register(runtime.tracking_uri, model_name, ref, run_id=run_id, tags=tags)
+        except MlflowException as exc:  # e.g. a tracking server refusing a local-store source: the run stands
+            get_run_logger().warning("could not register %s as %s: %s%s", ref.uri, model_name, exc,
+                                     _LOCAL_HINT if ref.uri.startswith(("/", "file:")) else "")
+            continue
+        get_run_logger().info("registered %s as models:/%s/%s (alias %s)", ref.uri, model_name,
+                              version.version, registry.CANDIDATE)
+        versions.append(version)
+    return versions
+
+
+_LOCAL_HINT = (" (an MLflow tracking server registers only sources it could reach: use an S3 store, "
+               "store.root: s3://…, or set tracking.registered_model: '' to skip)")
+
+
+def evaluation_tags(tracking_uri: str, run_id: str, prefix: str = EVAL_TAG) -> dict[str, str]:
+    """A stage run's held-out evaluation as version tags ``<prefix><bench>.<metric>``."""
+    if not run_id:
+        return {}
+    metrics = mlflow_runs.client(tracking_uri).get_run(run_id).data.metrics
+    return {prefix + key[len("eval/"):].replace("/", "."): f"{value:.6g}"
+            for key, value in metrics.items() if key.startswith("eval/") and key.count("/") == 2}
+
+
+def record_evaluation(runtime: Runtime, version: registry.Version, result: ArtifactRef) -> None:
+    """The latest evaluation of a registered version (the nightly one), as its tags."""
+    run_id = result.meta.get("mlflow_run_id", "")
+    registry.set_version_tags(runtime.tracking_uri, version, {
+        **evaluation_tags(runtime.tracking_uri, run_id, LATEST_TAG), LATEST_TAG + "run": run_id,
+        LATEST_TAG + "artifact": result.uri})
