@@ -64,7 +64,7 @@ def _load(preset: str | None, config: Optional[str], sets: Optional[list[str]]):
 
 
 def _run_flow(flow_fn, **kwargs) -> None:
-    from flows.run import ConfigChanged
+    from flows.run import ConfigChanged, KeyMismatch
     from r1flow.config import ConfigError
     from r1flow.launcher import StageInputError
 
@@ -75,7 +75,7 @@ def _run_flow(flow_fn, **kwargs) -> None:
         typer.secho(f"pipeline failed: {error if isinstance(error, Exception) else state.message}",
                     fg="red", err=True)
         typer.echo(f"Prefect flow run: {flow_run_id}")
-        raise typer.Exit(2 if isinstance(error, (ConfigChanged, ConfigError, StageInputError)) else 1)
+        raise typer.Exit(2 if isinstance(error, (ConfigChanged, ConfigError, KeyMismatch, StageInputError)) else 1)
     summary = state.result()
     typer.echo(f"MLflow parent run: {summary['mlflow_parent_run']} "
                f"(experiment {summary['experiment_id']}, tracking {summary['tracking_uri']})")

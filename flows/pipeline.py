@@ -58,11 +58,14 @@ def evaluation(model: str, config: dict[str, Any], name: str = "r1-eval", refres
 
 @flow(name="r1-stage")
 def stage(stage: str, config: dict[str, Any], inputs: dict[str, str], name: str = "r1-stage",
-          refresh: bool = False, allow_config_change: bool = False, parent_run_id: str | None = None) -> dict:
+          refresh: bool = False, allow_config_change: bool = False, parent_run_id: str | None = None,
+          expected: dict[str, str] | None = None) -> dict:
     """Run one stage on explicit inputs (artifact URIs): by hand, or as the flow run a pipeline
-    launches on a GPU pool (``launch.kind: deployment``; it then logs under the pipeline's MLflow run)."""
+    launches on a GPU pool (``launch.kind: deployment``; it then logs under the pipeline's MLflow run
+    and refuses at once if its cache key differs from ``expected``, the one the pipeline computed)."""
     with PipelineRun(resolve(config), name, [stage] if refresh else None, flow="r1-stage", stages=(stage,),
-                     allow_config_change=allow_config_change, parent_run_id=parent_run_id) as run:
+                     allow_config_change=allow_config_change, parent_run_id=parent_run_id,
+                     expected=expected) as run:
         store = run.runtime.store()
         run.stage(stage, **{k: store.ref(uri) for k, uri in inputs.items()})
     return run.summary()

@@ -33,7 +33,8 @@ from r1flow.preflight import preflight
 from r1flow.runtime import Runtime
 from r1flow.store import ArtifactRef
 from tasks import artifacts
-from tasks.stage import invalidate_stale, run_stage, run_stage_deployment
+from tasks.remote import run_stage_deployment
+from tasks.stage import invalidate_stale, run_stage
 
 RESUMABLE_FLOWS = ("r1-pipeline", "r1-zero")
 
@@ -42,11 +43,18 @@ class ConfigChanged(ValueError):
     """A crashed stage would resume under another config; refused unless allowed explicitly."""
 
 
+class KeyMismatch(ValueError):
+    """A stage flow launched by a pipeline computes another cache key than the pipeline did
+    (another r1flow version on this pool, or inputs that resolve differently here)."""
+
+
 class PipelineRun:
     def __init__(self, config: PipelineConfig, name: str, refresh: list[str] | None = None, *,
                  flow: str = "r1-pipeline", stages: tuple[str, ...] | None = None,
-                 allow_config_change: bool = False, resume: bool = False, parent_run_id: str | None = None) -> None:
+                 allow_config_change: bool = False, resume: bool = False, parent_run_id: str | None = None,
+                 expected: dict[str, str] | None = None) -> None:
         self.config, self.name = config, lineage.check_name(name)
+        self.expected = expected or {}  # the key and code version the launching pipeline computed
         self.owns_parent = parent_run_id is None  # a stage flow launched by a pipeline logs under its run
         self.allow_config_change = allow_config_change
         self.refresh = set(refresh or [])
@@ -57,7 +65,7 @@ class PipelineRun:
                                s3_endpoint_url=config.store.s3_endpoint_url,
                                experiment=config.tracking.experiment, shared=config.shared(),
                                flow_run_url=_flow_run_url())
-        preflight(config, self.runtime.store_root)  # bad input fails before any stage starts
+        preflight(config, self.runtime.store_root, stages)  # bad input fails before any stage starts
         self.store = self.runtime.store()
         self._refuse_changed_configs(stages or config.stage_names())
         self.exp_id = self.runtime.experiment_id()
@@ -125,6 +133,7 @@ class PipelineRun:
         config = section.model_dump(mode="json")
         exclude = getattr(section, "cache_exclude", set())
         key = stage_key(name, config, self.runtime.stage_runtime(), inputs, exclude=exclude)
+        self._check_expected(name, key)
         attempt = lineage.StageAttempt(
             stage=name, key=key, config={k: v for k, v in config.items() if k not in exclude},
             runtime=self.runtime.stage_runtime(), inputs={k: v.digest for k, v in inputs.items()},
@@ -160,6 +169,18 @@ class PipelineRun:
         artifacts.stage_summary(self.name, name, attempt.status, ref, self.runtime.tracking_uri, self.exp_id)
         self.refs[name] = ref
         return ref
+
+    def _check_expected(self, stage: str, key: str) -> None:
+        """Fail fast, before any work, when this side would compute another output than the
+        pipeline that launched it expects to find."""
+        if not self.expected or self.expected.get("key") == key:
+            return
+        theirs = self.expected.get("code", "")
+        why = (f"r1flow here is code version {code_version()[:12]}, the pipeline's is {theirs[:12]}: deploy the "
+               "same r1flow on every pool" if theirs != code_version() else
+               "the config or inputs resolve differently on this pool")
+        raise KeyMismatch(f"stage {stage}: cache key {key[:12]} here, {self.expected.get('key', '')[:12]} "
+                          f"expected by the pipeline; {why}")
 
     def _retrying(self, attempt: lineage.StageAttempt) -> bool:
         """Is this the same flow run coming back to an unfinished attempt of the same work?"""

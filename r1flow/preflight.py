@@ -13,15 +13,19 @@ from r1flow.store import StoreError, open_store
 BUILTIN_SOURCES = {"arith", "nonreasoning", "r1_zero"}
 
 
-def preflight(config: PipelineConfig, store_root: str) -> None:
+def preflight(config: PipelineConfig, store_root: str, stages: tuple[str, ...] | None = None) -> None:
+    """Check the inputs of ``stages`` (default: the whole pipeline) — only theirs: a stage flow on
+    a GPU pool is not blocked by another stage's local file that exists only where that one runs."""
+    stages = stages or config.stage_names()
     for role, src in (("base.teacher", config.base.teacher), ("base.student", config.base.student)):
-        if src.source != "build" and _is_path(src.source) and not Path(src.source).expanduser().exists():
+        if "base" in stages and src.source != "build" and _is_path(src.source) \
+                and not Path(src.source).expanduser().exists():
             raise ConfigError(f"{role}.source: model path does not exist: {src.source}")
-    for stage in ("r1_zero", "reasoning_rl", "final_rl"):
+    for stage in {"r1_zero", "reasoning_rl", "final_rl"} & set(stages):
         for i, p in enumerate(config.section(stage).prompts):
             if p.source not in BUILTIN_SOURCES:
                 _check_file(f"{stage}.prompts.{i}.source", p.source, {"question": str, "answer": str})
-    for i, src in enumerate(config.cold_start.sources):
+    for i, src in enumerate(config.cold_start.sources if "cold_start" in stages else []):
         if src not in BUILTIN_SOURCES:
             _check_file(f"cold_start.sources.{i}", src, {"question": str, "answer": str, "completion": str})
     for bench in config.evaluate.benchmarks:

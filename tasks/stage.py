@@ -21,7 +21,6 @@ from prefect import get_run_logger, task
 from prefect.context import get_run_context
 
 from r1flow import mlflow_runs
-from r1flow.cache import code_version
 from r1flow.checkpoint import checkpoint_prefix, newest_saved
 from r1flow.launcher import (
     StageCrashed,
@@ -36,11 +35,11 @@ from r1flow.store import ArtifactRef, StoreUnreachable
 from tasks.artifacts import Progress
 
 
-def _key_from_params(context, parameters: dict[str, Any]) -> str:
+def key_from_params(context, parameters: dict[str, Any]) -> str:
     return parameters["key"]
 
 
-def _retry_crashes_only(task, task_run, state) -> bool:
+def retry_crashes_only(task, task_run, state) -> bool:
     """A crashed stage (killed process, lost node, S3 away past its retries) is worth a retry,
     which resumes it; a refused config or input, a full disk or a bug in this code is not."""
     try:
@@ -52,8 +51,8 @@ def _retry_crashes_only(task, task_run, state) -> bool:
     return False
 
 
-@task(name="stage", task_run_name="{stage}", cache_key_fn=_key_from_params, persist_result=True,
-      retries=1, retry_delay_seconds=2, retry_condition_fn=_retry_crashes_only)
+@task(name="stage", task_run_name="{stage}", cache_key_fn=key_from_params, persist_result=True,
+      retries=1, retry_delay_seconds=2, retry_condition_fn=retry_crashes_only)
 def run_stage(stage: str, key: str, config: dict[str, Any], inputs: dict[str, ArtifactRef],
               runtime: Runtime, fresh: bool = False, warm_start: str | None = None) -> ArtifactRef:
     """Run ``stage`` as its own process and return the artifact it published (``fresh``: even
@@ -62,7 +61,7 @@ def run_stage(stage: str, key: str, config: dict[str, Any], inputs: dict[str, Ar
     logger = get_run_logger()
     store = runtime.store()
     output_key = runtime.output_key(stage, key)
-    if not fresh and (ref := _published(stage, store, output_key)):
+    if not fresh and (ref := published(stage, store, output_key)):
         return ref
     run_id = (_reattach_mlflow_run(store, output_key, runtime)
               or _start_mlflow_run(stage, key, inputs, runtime, _warm_start_tags(store, warm_start)))
@@ -112,7 +111,7 @@ def run_stage(stage: str, key: str, config: dict[str, Any], inputs: dict[str, Ar
     return result["ref"]
 
 
-def _published(stage: str, store, output_key: str) -> ArtifactRef | None:
+def published(stage: str, store, output_key: str) -> ArtifactRef | None:
     """The stage's output when an earlier attempt (whose Prefect record is lost, or that ran on
     another machine) already published it."""
     if not store.verify(output_key):
@@ -157,35 +156,3 @@ def invalidate_stale(stage: str, key: str, runtime: Runtime) -> None:
     record = runtime.results_dir / key
     if record.exists() and not runtime.store().verify(runtime.output_key(stage, key)):
         record.unlink()
-
-
-@task(name="stage-on-pool", task_run_name="{stage}", cache_key_fn=_key_from_params, persist_result=True,
-      retries=1, retry_delay_seconds=2, retry_condition_fn=_retry_crashes_only)
-def run_stage_deployment(stage: str, key: str, launch: dict[str, Any], flow_parameters: dict[str, Any],
-                         runtime: Runtime, fresh: bool = False) -> ArtifactRef:
-    """Run ``stage`` as a flow run of its deployment (``launch.deployment``, e.g. on a GPU pool) and
-    return what it published. Both sides compute the same cache key, so the output is found in the
-    shared store under it."""
-    from prefect.deployments import run_deployment
-
-    store = runtime.store()
-    output_key = runtime.output_key(stage, key)
-    if not fresh and (ref := _published(stage, store, output_key)):
-        return ref
-    name = launch["deployment"].format(stage=stage)
-    get_run_logger().info("stage %s: starting a flow run of deployment %s", stage, name)
-    flow_run = run_deployment(name, parameters=flow_parameters, job_variables=launch.get("job_variables") or None,
-                              timeout=launch.get("timeout_s"), as_subflow=True)
-    state = flow_run.state
-    where = f"stage {stage} on deployment {name} (flow run {flow_run.id})"
-    if state is None or not state.is_final():
-        raise RuntimeError(f"{where} still runs after launch.timeout_s={launch.get('timeout_s')} s; not waiting")
-    if not state.is_completed():
-        message = state.message or state.name
-        if any(kind in message for kind in ("StageInputError", "StageDiskFull", "ConfigChanged", "ConfigError")):
-            raise StageInputError(f"{where} failed: {message}")
-        raise StageCrashed(f"{where} ended {state.name}: {message}")
-    if not store.verify(output_key):
-        raise StageCrashed(f"{where} completed but published nothing at {store.resolve(output_key)}: do both "
-                           f"pools run the same r1flow (code version {code_version()[:12]}) and share the store?")
-    return store.ref(output_key)

@@ -74,3 +74,19 @@ def test_stage_process_refuses_a_missing_input_with_exit_code_2(tmp_path):
     path.write_text(json.dumps(spec))
     assert main([str(path)]) == EXIT_INPUT_ERROR
     assert _no_artifacts(tmp_path)
+
+
+def test_preflight_of_one_stage_checks_only_its_own_inputs(tmp_path):
+    """A stage flow on a GPU pool checks its own stage's inputs, not a file another stage reads
+    on another machine; the whole pipeline checks them all."""
+    from r1flow.config import ConfigError, load_config
+    from r1flow.preflight import preflight
+
+    missing = str(tmp_path / "only-on-the-cpu-host.jsonl")
+    config = load_config("micro", sets=[f"cold_start.sources=[{missing}]", f"base.teacher.source={tmp_path}/none"])
+    for stages in (("sft",), ("reasoning_rl", "distill")):
+        preflight(config, str(tmp_path / "store"), stages)
+    for stages, field in ((("cold_start",), "cold_start.sources.0"), (("base",), "base.teacher.source"),
+                          (None, "base.teacher.source")):
+        with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+            preflight(config, str(tmp_path / "store"), stages)

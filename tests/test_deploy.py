@@ -71,6 +71,11 @@ def test_a_deployed_pipeline_runs_on_a_worker_with_stages_on_a_second_pool(tmp_p
                            json.dumps({"config": config, "name": "deployed"})], env)
         flow_run_id = next(line.split()[-1] for line in started.stdout.splitlines() if "UUID" in line)
         prefect(["worker", "start", "--pool", "r1flow-cpu", "--run-once"], env, timeout=900)
+        # the nightly evaluation, by hand: the registered candidate, on the GPU pool's waiting worker
+        nightly = prefect(["deployment", "run", "r1-evaluation/r1-evaluation", "--params", json.dumps(
+            {"model": "models:/r1flow-micro@candidate", "config": {"preset": "micro"}, "name": "nightly"})], env)
+        nightly_id = next(line.split()[-1] for line in nightly.stdout.splitlines() if "UUID" in line)
+        nightly_state = _wait_final(prefect_server, nightly_id)
     finally:
         os.killpg(gpu_worker.pid, signal.SIGTERM)
         gpu_worker.wait(timeout=60)
@@ -81,7 +86,7 @@ def test_a_deployed_pipeline_runs_on_a_worker_with_stages_on_a_second_pool(tmp_p
         seen = asyncio.run(_read_back(flow_run_id))
     log = (tmp_path / "gpu.log").read_text()[-3000:]
     assert seen["state"] == "Completed", (seen, log)
-    assert {"r1-pipeline", "r1-zero", "sft", "distill", "base"} <= set(seen["deployments"])
+    assert {"r1-pipeline", "r1-zero", "r1-evaluation", "sft", "distill", "base"} <= set(seen["deployments"])
     assert seen["children"] == {s: "Completed" for s in REMOTE}, (seen, log)
     assert set(seen["tasks"]) >= {"base", "r1_zero", "reasoning_rl", "sft", "distill"}
     assert set(seen["tasks"].values()) == {"Completed"}, seen
@@ -96,6 +101,25 @@ def test_a_deployed_pipeline_runs_on_a_worker_with_stages_on_a_second_pool(tmp_p
     assert set(REMOTE) <= set(stages)  # the remote stages log under the pipeline's MLflow run
     assert all(stages[s].info.status == "FINISHED" for s in REMOTE)
     assert Path(home / "store" / "artifacts" / "sft").is_dir()
+
+    assert nightly_state == "Completed", (tmp_path / "gpu.log").read_text()[-3000:]
+    version = mlflow_runs.client(uri).get_model_version_by_alias("r1flow-micro", "candidate")
+    (evaluation,) = mlflow_runs.child_runs(uri, mlflow_runs.find_pipeline_runs(uri, "nightly")[0])
+    assert version.tags["r1flow.evaluated.run"] == evaluation.info.run_id
+    assert evaluation.data.tags["r1flow.evaluated_uri"] == version.source == parent.data.tags["r1flow.stage.final_rl.uri"]
+
+
+def _wait_final(server: str, flow_run_id: str, timeout: float = 600) -> str:
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    deadline = time.monotonic() + timeout
+    with temporary_settings({PREFECT_API_URL: server}), get_client(sync_client=True) as client:
+        while (state := client.read_flow_run(flow_run_id).state) is None or not state.is_final():
+            if time.monotonic() > deadline:
+                return state.name if state else "None"
+            time.sleep(2)
+        return state.name
 
 
 class _Receiver(http.server.BaseHTTPRequestHandler):
