@@ -181,6 +181,23 @@ def evaluate(model: str = typer.Argument(..., help="models:/NAME@ALIAS, models:/
 
 
 @app.command()
+def promote(model: str = typer.Argument(..., help="registered model name, e.g. r1flow-tiny"),
+            version: str = typer.Argument(..., help="the version to make champion"),
+            reason: str = typer.Option("", "--reason", help="recorded on the version")):
+    """Make a registered version the champion by hand (the pipeline does it when one beats the champion)."""
+    _setup_env()
+    from r1flow import registry
+    from r1flow.runtime import Runtime
+
+    try:
+        chosen = registry.promote_by_hand(Runtime().tracking_uri, model, version, reason)
+    except registry.RegistryError as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(2)
+    typer.echo(f"models:/{model}@{registry.CHAMPION} -> version {chosen.version} ({chosen.source})")
+
+
+@app.command()
 def status(name: Optional[str] = typer.Argument(None, help="pipeline run name (default: latest)")):
     """Each stage of a pipeline run: done / cached / failed / running, artifact URI, MLflow run."""
     _setup_env()

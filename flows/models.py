@@ -10,7 +10,8 @@ deployment's ``model`` parameter):
 - an artifact URI or path in the store.
 
 A pipeline registers its final model as ``tracking.registered_model`` and its student as
-``…-student``, each with the alias ``candidate`` and its evaluation as version tags.
+``…-student``, each with the alias ``candidate`` and its evaluation as version tags, and makes it
+``champion`` when it beats the current one (``tracking.promotion``, ``registry.decide``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from r1flow.runtime import Runtime
 from r1flow.store import ArtifactRef, StoreError
 
 MODEL_STAGES = ("final_rl", "sft", "reasoning_rl", "cold_start", "r1_zero", "base", "distill")
-EVAL_TAG = "r1flow.eval."  # the evaluation of the stage that made the model
+EVAL_TAG = registry.EVAL_TAG  # the evaluation of the stage that made the model
 LATEST_TAG = "r1flow.evaluated."  # the newest run of the evaluation flow on it
 
 
@@ -90,8 +91,24 @@ def register_outputs(config: PipelineConfig, runtime: Runtime, pipeline: str, fi
             continue
         get_run_logger().info("registered %s as models:/%s/%s (alias %s)", ref.uri, model_name,
                               version.version, registry.CANDIDATE)
+        _crown_if_better(config, runtime, version)
         versions.append(version)
     return versions
+
+
+def _crown_if_better(config: PipelineConfig, runtime: Runtime, version: registry.Version) -> None:
+    """The champion rule (``registry.decide``), once per version: a cached re-run that registers
+    the same artifact again does not decide again."""
+    if "r1flow.promotion.decision" in version.tags:
+        return
+    current = registry.champion(runtime.tracking_uri, version.name)
+    rule = config.tracking.promotion
+    decision = registry.decide(version.tags, current.tags if current else None, benchmark=rule.benchmark,
+                               metric=rule.metric, margin=rule.margin,
+                               champion_version=current.version if current else "")
+    registry.promote(runtime.tracking_uri, version, decision)
+    get_run_logger().info("models:/%s/%s %s: %s", version.name, version.version,
+                          "is the new champion" if decision.promote else "stays a candidate", decision.reason)
 
 
 _LOCAL_HINT = (" (an MLflow tracking server registers only sources it could reach: use an S3 store, "
@@ -102,9 +119,12 @@ def evaluation_tags(tracking_uri: str, run_id: str, prefix: str = EVAL_TAG) -> d
     """A stage run's held-out evaluation as version tags ``<prefix><bench>.<metric>``."""
     if not run_id:
         return {}
-    metrics = mlflow_runs.client(tracking_uri).get_run(run_id).data.metrics
-    return {prefix + key[len("eval/"):].replace("/", "."): f"{value:.6g}"
-            for key, value in metrics.items() if key.startswith("eval/") and key.count("/") == 2}
+    data = mlflow_runs.client(tracking_uri).get_run(run_id).data
+    values = {prefix + key[len("eval/"):].replace("/", "."): f"{value:.6g}"
+              for key, value in data.metrics.items() if key.startswith("eval/") and key.count("/") == 2}
+    digests = {prefix + key[len(EVAL_TAG):]: value for key, value in data.tags.items()
+               if key.startswith(EVAL_TAG) and key.endswith(".digest")}
+    return {**values, **digests}
 
 
 def record_evaluation(runtime: Runtime, version: registry.Version, result: ArtifactRef) -> None:

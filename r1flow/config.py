@@ -216,8 +216,18 @@ class StoreConfig(Section):
     s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, moto)")
 
 
+class PromotionConfig(Section):
+    """When a registered candidate becomes ``champion``: its held-out metric beats the champion's
+    by at least ``margin``, both measured on the same benchmark digest (problems + settings)."""
+
+    benchmark: str = Field("arith_heldout", description="short benchmark name, one of evaluate.benchmarks")
+    metric: str = Field("pass_at_1", description="evaluation metric compared (higher is better)")
+    margin: float = Field(0.01, ge=0, description="required gain over the champion")
+
+
 class TrackingConfig(Section):
     experiment: str = Field("r1flow", description="MLflow experiment name")
+    promotion: PromotionConfig = Field(default_factory=PromotionConfig)
     registered_model: str = Field("r1flow-{preset}", description="MLflow registered model of the pipeline's "
                                   "final model ({preset} filled in; students: NAME-student); '' = none")
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from r1flow.config import ConfigError, PipelineConfig
-from r1flow.data.benchmarks import load_benchmark
+from r1flow.data.benchmarks import benchmark_name, load_benchmark
 from r1flow.data.io import read_jsonl
 from r1flow.store import StoreError, open_store
 
@@ -33,6 +33,10 @@ def preflight(config: PipelineConfig, store_root: str, stages: tuple[str, ...] |
             load_benchmark(bench)
         except (OSError, ValueError) as exc:
             raise ConfigError(f"evaluate.benchmarks: {bench!r}: {exc}") from None
+    evaluated = sorted(benchmark_name(b) for b in config.evaluate.benchmarks)
+    if config.tracking.registered_model and config.tracking.promotion.benchmark not in evaluated:
+        raise ConfigError(f"tracking.promotion.benchmark: {config.tracking.promotion.benchmark!r} is not "
+                          f"evaluated; evaluate.benchmarks gives {evaluated}")
     try:
         open_store(store_root, s3_endpoint_url=config.store.s3_endpoint_url).check()
     except StoreError as exc:

@@ -246,3 +246,25 @@ def test_registered_candidate_is_evaluated_by_the_evaluation_flow(micro_home):
 
     missing = r1flow(["evaluate", "models:/r1flow-micro@nope", "--preset", "micro"], home)
     assert missing.returncode == 2 and "models:/r1flow-micro@nope" in missing.stderr, missing.stderr[-2000:]
+
+
+def test_first_model_is_champion_and_later_ones_are_decided_by_the_rule(micro_home):
+    """The first registered final model became champion (there was none); the "third" run's
+    (another SFT lr) was decided by the rule with its numbers recorded; ``r1flow promote`` then
+    makes it champion by hand."""
+    from r1flow import registry
+
+    home, _ = micro_home
+    mlflow_runs, uri = _mlflow(home)
+    first = registry.resolve(uri, "models:/r1flow-micro/1")
+    assert first.tags["r1flow.promotion.decision"] == "promoted" and "no champion" in first.tags["r1flow.promotion.reason"]
+    assert first.tags["r1flow.promotion.benchmark_digest"] == first.tags["r1flow.eval.arith_heldout.digest"]
+    third_uri = mlflow_runs.find_pipeline_runs(uri, "third")[0].data.tags["r1flow.stage.final_rl.uri"]
+    (third,) = [registry.resolve(uri, f"models:/r1flow-micro/{v.version}")
+                for v in mlflow_runs.client(uri).search_model_versions("name = 'r1flow-micro'") if v.source == third_uri]
+    gain = float(third.tags["r1flow.promotion.candidate_value"]) - float(third.tags["r1flow.promotion.champion_value"])
+    assert third.tags["r1flow.promotion.decision"] == ("promoted" if gain >= 0.01 - 1e-9 else "kept"), third.tags
+    out = r1flow(["promote", "r1flow-micro", third.version, "--reason", "picked in review"], home)
+    assert out.returncode == 0, out.stderr[-2000:]
+    champion = registry.resolve(uri, "models:/r1flow-micro@champion")
+    assert champion.version == third.version and champion.tags["r1flow.promotion.reason"] == "picked in review"

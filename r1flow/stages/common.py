@@ -92,6 +92,7 @@ def evaluate(ctx: StageContext, model, tokenizer, template: str, *, step: int = 
                                 seed=int(ctx.runtime.get("seed", 0)), batch_size=max(1, engine.batch_size // 4))
         short = benchmark_name(bench)
         metrics.update({f"{name}/{short}/{k}": v for k, v in result.metrics.items()})
+        ctx.set_tags(**{f"r1flow.{name}.{short}.digest": benchmark_digest(problems, cfg, template)})
         per_problem[short] = problem_scores(result.samples)
         if write:
             ctx.tracker.log_table(result.samples[:SAMPLE_ROWS], f"{name}_{short}_step{step}")
@@ -100,6 +101,15 @@ def evaluate(ctx: StageContext, model, tokenizer, template: str, *, step: int = 
         previous = json.loads((ctx.workdir / "eval.json").read_text()) if (ctx.workdir / "eval.json").exists() else {}
         ctx.write_json("eval.json", {**previous, **metrics, "template": template})
     return metrics, per_problem
+
+
+def benchmark_digest(problems: list[dict[str, str]], cfg: dict[str, Any], template: str) -> str:
+    """What a metric was measured on: the problems evaluated and the sampling settings. Two
+    models' pass@1 compare only under the same digest (the champion rule checks it)."""
+    from r1flow.store import digest_json
+
+    settings = {k: cfg.get(k) for k in ("k", "temperature", "top_p", "max_new_tokens")}
+    return digest_json({"problems": problems, "settings": settings, "template": template})
 
 
 def problem_scores(samples: list[dict[str, Any]]) -> dict[str, tuple[float, float]]:
