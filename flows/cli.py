@@ -217,6 +217,28 @@ def report(name: Optional[str] = typer.Argument(None),
 
 
 @app.command()
+def compare(names: list[str] = typer.Argument(..., help="two or more pipeline run names"),
+            fmt: str = typer.Option("text", "--format", help="text | markdown | csv"),
+            out: str = typer.Option("", "--out", help="folder for compare.md/.csv and the PNGs "
+                                    "(default: $R1FLOW_HOME/compare/NAME_A-vs-NAME_B)")):
+    """Runs side by side: each stage's key metrics and evaluation, curves overlaid (PNG, also in MLflow)."""
+    _setup_env()
+    from flows.compare import compare as compare_runs
+    from flows.compare import render
+    from r1flow.runtime import Runtime
+
+    runtime = Runtime()
+    folder = out or str(runtime.home / "compare" / "-vs-".join(names))
+    try:
+        rows, files, run_id = compare_runs(runtime.tracking_uri, names, folder)
+    except (LookupError, ValueError) as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(2)
+    typer.echo(render(rows, names, fmt))
+    typer.echo(f"\nwritten: {', '.join(str(f) for f in files)}\nMLflow run: {run_id}", err=fmt == "csv")
+
+
+@app.command()
 def alerts(webhook_url: str = typer.Option(..., "--webhook-url", envvar="R1FLOW_ALERT_WEBHOOK",
                                            help="where notices are POSTed (Slack or any webhook)"),
            stuck_after_hours: float = typer.Option(12.0, "--stuck-after-hours", min=0.0003),

@@ -268,3 +268,33 @@ def test_first_model_is_champion_and_later_ones_are_decided_by_the_rule(micro_ho
     assert out.returncode == 0, out.stderr[-2000:]
     champion = registry.resolve(uri, "models:/r1flow-micro@champion")
     assert champion.version == third.version and champion.tags["r1flow.promotion.reason"] == "picked in review"
+
+
+def test_compare_two_runs_table_plots_and_mlflow(micro_home):
+    """``r1flow compare first third``: a row per (stage, metric) with both runs' values, read from
+    the runs that produced each stage; curves overlaid per RL stage; all logged to MLflow."""
+    home, _ = micro_home
+    mlflow_runs, uri = _mlflow(home)
+    out = r1flow(["compare", "first", "third", "--format", "markdown", "--out", str(home / "cmp")], home)
+    assert out.returncode == 0, out.stderr[-3000:]
+    table = {tuple(c.strip() for c in line.strip("|").split("|")[:2]): line
+             for line in out.stdout.splitlines() if line.startswith("| ") and not line.startswith("| stage")}
+    client = mlflow_runs.client(uri)
+    from flows.compare import stage_runs
+
+    for name, column in (("first", 2), ("third", 3)):
+        parent, stages = stage_runs(uri, name)  # the newest *pipeline* run of the name, not a one-stage run
+        assert parent.data.tags["r1flow.flow"] == "r1-pipeline"
+        sft = client.get_run(stages["sft"]).data.metrics
+        cell = table[("sft", "eval/arith_heldout/pass_at_1")].strip("|").split("|")[column].strip()
+        assert float(cell) == pytest.approx(sft["eval/arith_heldout/pass_at_1"], rel=1e-3, abs=1e-4)
+    assert ("reasoning_rl", "reward/mean") in table and ("base", "eval/arith_heldout/pass_at_1") in table
+    pngs = sorted(p.name for p in (home / "cmp").glob("*.png"))
+    assert pngs == ["compare_final_rl.png", "compare_r1_zero.png", "compare_reasoning_rl.png"]
+    assert all((home / "cmp" / p).stat().st_size > 10_000 for p in pngs)
+    (run,) = client.search_runs([parent.info.experiment_id], "tags.`r1flow.compare` = 'first,third'")
+    logged = {a.path for a in client.list_artifacts(run.info.run_id, "compare")}
+    assert {"compare/compare.md", "compare/compare.csv", "compare/compare_final_rl.png"} <= logged
+
+    missing = r1flow(["compare", "first", "never-ran"], home)
+    assert missing.returncode == 2 and "never-ran" in missing.stderr
