@@ -166,6 +166,51 @@ class MLflowTracker(NullTracker):
     def log_artifact(self, path: str, folder: str) -> None:
         self.client.log_artifact(self.run_id, path, artifact_path=folder)
 
+    def log_dataset(self, name: str, rows: list[dict[str, Any]], *, context: str, source: str) -> None:
+        self.client.log_inputs(self.run_id, datasets=[dataset_input(name, rows, context=context, source=source)])
+
+
+def dataset_input(name: str, rows: list[dict[str, Any]], *, context: str, source: str):
+    """An MLflow dataset entry: digest = the first 32 hex digits of the sha256 of the rows'
+    canonical JSON (the whole sha256 and the row count are in its profile), schema = the columns.
+    Datasets a stage writes are logged with context ``output`` (MLflow records dataset inputs only)."""
+    import json
+
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    from r1flow.store import digest_json
+
+    digest = digest_json(rows)
+    columns = sorted({k for row in rows for k in row})
+    schema = {"mlflow_colspec": [{"name": c, "type": "string"} for c in columns]}
+    dataset = Dataset(name=name, digest=digest[:32], source_type="r1flow", source=json.dumps({"uri": source}),
+                      schema=json.dumps(schema), profile=json.dumps({"num_rows": len(rows), "sha256": digest}))
+    return DatasetInput(dataset=dataset, tags=[InputTag(key="mlflow.data.context", value=context)])
+
+
+def system_metrics(uri: str, run_id: str):
+    """MLflow's system metrics monitor (CPU, memory, disk, network; GPU utilization and memory
+    where ``nvidia-ml-py`` finds a GPU) for a stage run, or None when switched off with MLflow's
+    own ``MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=false``; ``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL``
+    sets the interval (default 10 s). It stops by itself when the run ends or the server is away."""
+    if os.environ.get("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "true").lower() in ("false", "0"):
+        return None
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(run_id, resume_logging=True, tracking_uri=uri)
+    monitor.start()
+    return monitor
+
+
+def stop_system_metrics(monitor, timeout_s: float = 5.0) -> None:
+    """Stop the monitor without letting a tracking server that is away hold up the stage's end
+    (its last flush retries for minutes; it runs in a daemon thread, given ``timeout_s``)."""
+    import threading
+
+    stopper = threading.Thread(target=monitor.finish, daemon=True, name="stop-system-metrics")
+    stopper.start()
+    stopper.join(timeout_s)
+
 
 def _finite(v: Any) -> bool:
     try:

@@ -1,7 +1,8 @@
 """Where trainers report: a small protocol, so the library never knows about MLflow or Prefect.
 
 Trainers call ``tracker.log_metrics({...}, step)`` and ``tracker.progress(step, total, **info)``;
-stages add tables of samples (``log_table``) and files such as plots (``log_artifact``).
+stages add tables of samples (``log_table``), files such as plots (``log_artifact``) and every
+dataset they read or write, by digest (``log_dataset``).
 The stage runner supplies a tracker that writes stepped metrics to MLflow (rank 0 only) and
 structured events to stdout; tests and library users pass ``NullTracker()``
 (the null object, so trainers never branch on "is tracking on").
@@ -20,6 +21,8 @@ class Tracker(Protocol):
     def log_table(self, rows: list[dict[str, Any]], name: str) -> None: ...
 
     def log_artifact(self, path: str, folder: str) -> None: ...
+
+    def log_dataset(self, name: str, rows: list[dict[str, Any]], *, context: str, source: str) -> None: ...
 
     def flush(self, timeout_s: float = 5.0) -> list[dict]: ...
 
@@ -42,6 +45,9 @@ class NullTracker:
 
     def log_artifact(self, path: str, folder: str) -> None:
         pass
+
+    def log_dataset(self, name: str, rows: list[dict[str, Any]], *, context: str, source: str) -> None:
+        """``context``: what the stage did with it — training, evaluation, generation, or output."""
 
     def flush(self, timeout_s: float = 5.0) -> list[dict]:
         """Metrics logged but not yet delivered (MLflowTracker: still queued for the server)."""
@@ -72,6 +78,9 @@ class ForwardingTracker(NullTracker):
 
     def log_artifact(self, path: str, folder: str) -> None:
         self.inner.log_artifact(path, folder)
+
+    def log_dataset(self, name: str, rows: list[dict[str, Any]], *, context: str, source: str) -> None:
+        self.inner.log_dataset(name, rows, context=context, source=source)
 
     def flush(self, timeout_s: float = 5.0) -> list[dict]:
         return self.inner.flush(timeout_s)

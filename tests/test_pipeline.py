@@ -56,7 +56,7 @@ def _prefect_states(home, flow_run_id: str) -> dict:
 @pytest.fixture(scope="module")
 def micro_home(tmp_path_factory, prefect_api):
     home = tmp_path_factory.mktemp("r1flow-home")
-    first = r1flow(["run", "--preset", "micro", "--name", "first"], home)
+    first = r1flow(["run", "--preset", "micro", "--name", "first"], home, MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL="1")
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
     return home, first
 
@@ -82,6 +82,33 @@ def test_micro_pipeline_tracks_every_stage(micro_home):
     states = _prefect_states(home, _flow_run_id(first.stdout))
     assert states["flow"] == "Completed"
     assert set(states["tasks"].values()) == {"Completed"}
+
+
+def test_every_dataset_is_an_mlflow_input_with_its_digest_and_system_metrics_are_on(micro_home):
+    """Each stage run lists the datasets it read (and wrote, context ``output``) by digest: the SFT
+    data rejection sampling wrote is, byte for byte, what SFT and distillation trained on."""
+    import json
+
+    from r1flow.data.io import read_jsonl
+    from r1flow.store import digest_json
+
+    home, _ = micro_home
+    mlflow_runs, uri = _mlflow(home)
+    client = mlflow_runs.client(uri)
+    parent = mlflow_runs.find_pipeline_runs(uri, "first")[-1]  # the oldest "first": the one that ran every stage
+    runs = {c.data.tags[mlflow_runs.TAG_STAGE]: client.get_run(c.info.run_id) for c in mlflow_runs.child_runs(uri, parent)}
+    datasets = {stage: {(d.dataset.name, next(t.value for t in d.tags if t.key == "mlflow.data.context")):
+                        json.loads(d.dataset.profile)["sha256"] for d in run.inputs.dataset_inputs}
+                for stage, run in runs.items()}
+    written = read_jsonl(next((home / "store" / "artifacts" / "rejection_sampling").iterdir()) / "sft.jsonl", {})
+    assert datasets["rejection_sampling"][("rejection_sampling/sft.jsonl", "output")] == digest_json(written)
+    for stage in ("sft", "distill"):
+        assert datasets[stage][("rejection_sampling/sft.jsonl", "training")] == digest_json(written)
+    assert ("prompts/arith", "training") in datasets["reasoning_rl"]
+    assert ("preference_pairs/train", "training") in datasets["reward_model"]
+    assert {stage for stage, d in datasets.items() if ("benchmark/arith_heldout", "evaluation") in d} == \
+        set(STAGES) - {"rejection_sampling", "reward_model"}
+    assert all(any(k.startswith("system/cpu_utilization") for k in run.data.metrics) for run in runs.values())
 
 
 def test_every_artifact_has_a_verified_manifest(micro_home):

@@ -27,6 +27,11 @@ def run(ctx: StageContext) -> None:
     setup_torch(ctx)
     builds = any(getattr(cfg, role).source == "build" for role in ("teacher", "student"))
     tokenizer = shared_tokenizer(cfg) if builds else None
+    if builds:
+        from r1flow.train.pretrain import build_corpus
+
+        ctx.tracker.log_dataset("pretraining_corpus", [{"text": doc} for doc in build_corpus(cfg.corpus)],
+                                context="training", source="synthetic arithmetic corpus")
     for role, arch, train in (("teacher", cfg.teacher_arch, cfg.teacher_train),
                               ("student", cfg.student_arch, cfg.student_train)):
         source = getattr(cfg, role)

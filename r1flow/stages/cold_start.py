@@ -9,6 +9,8 @@ summary) under the R1 template. The base teacher is then fine-tuned on them.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from r1flow.config import ColdStartConfig
 from r1flow.stages.common import (arith_task, eval_questions, evaluate, load_policy, sample_rows,
                                   sampling_engine, save_policy, write_dataset)
@@ -41,6 +43,7 @@ def run(ctx: StageContext) -> None:
     seed = int(ctx.runtime.get("seed", 0))
     rows = []
     for src in cfg.sources:
+        start = len(rows)
         if src == "r1_zero":
             zero, tok = load_policy(ctx.inputs["zero"], ctx)
             problems = [p.row() for p in rl_prompts(cfg.num_prompts, seed + 101, arith_task(ctx))]
@@ -50,6 +53,8 @@ def run(ctx: StageContext) -> None:
             del zero
         else:
             rows += read_jsonl(src, SOURCE_FIELDS)
+        ctx.tracker.log_dataset(f"cold_start_source/{Path(src).name}", rows[start:], context="training",
+                                source=ctx.spec.inputs["zero"].uri if src == "r1_zero" else src)
     examples, removed = curate(rows, eval_questions(ctx), cfg.curation)
     ctx.tracker.log_metrics({"rows": len(rows), "kept": len(examples),
                              **{f"removed/{k}": v for k, v in removed.items()}}, 0)

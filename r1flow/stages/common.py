@@ -96,6 +96,7 @@ def evaluate(ctx: StageContext, model, tokenizer, template: str, *, step: int = 
         per_problem[short] = problem_scores(result.samples)
         if write:
             ctx.tracker.log_table(result.samples[:SAMPLE_ROWS], f"{name}_{short}_step{step}")
+            ctx.tracker.log_dataset(f"benchmark/{short}", problems, context="evaluation", source=str(bench))
     ctx.tracker.log_metrics(metrics, step)
     if write:
         previous = json.loads((ctx.workdir / "eval.json").read_text()) if (ctx.workdir / "eval.json").exists() else {}
@@ -196,3 +197,5 @@ def write_dataset(ctx: StageContext, rows: list[dict[str, Any]], name: str = "sf
 
     write_jsonl(ctx.workdir / name, rows)
     ctx.set_tags(**{f"r1flow.dataset.{name}": dataset_digest(rows)})
+    ctx.tracker.log_dataset(f"{ctx.spec.stage}/{name}", rows, context="output",
+                            source=f"{ctx.store.resolve(ctx.spec.output_key)}/{name}")

@@ -31,6 +31,7 @@ def run(ctx: StageContext) -> None:
     seed = int(ctx.runtime.get("seed", 0))
     model, tokenizer = load_policy(ctx.inputs["policy"], ctx)
     problems = [p.row() for p in rl_prompts(cfg.num_prompts, seed + 202, arith_task(ctx))]
+    ctx.tracker.log_dataset("prompts/arith", problems, context="generation", source="arith")
     chunks = ctx.chunk_log() if cfg.checkpoint_chunks else None
     samples = sample_rows(model, tokenizer, problems, template="r1", k=cfg.samples_per_prompt,
                           temperature=cfg.temperature, top_p=cfg.top_p,

@@ -31,6 +31,8 @@ def run(ctx: StageContext) -> None:
     tokenizer = AutoTokenizer.from_pretrained(model_dir(ctx.inputs["base"]))
     train_pairs = preference_pairs(cfg.train_pairs, seed)
     eval_pairs = preference_pairs(cfg.eval_pairs, seed + 10_000)
+    ctx.tracker.log_dataset("preference_pairs/train", train_pairs, context="training", source="synthetic")
+    ctx.tracker.log_dataset("preference_pairs/eval", eval_pairs, context="evaluation", source="synthetic")
     model, metrics = train_reward_model(tokenizer, cfg.arch, train_pairs, eval_pairs, cfg.train, ctx.tracker)
     accuracy = metrics["eval_accuracy"]
     ctx.tracker.log_metrics({"accuracy": accuracy}, cfg.train.steps)

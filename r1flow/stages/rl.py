@@ -108,6 +108,8 @@ def run(ctx: StageContext) -> None:
     wants_ref = cfg.grpo.beta > 0 or cfg.grpo.log_kl
     ref_model = load_policy(ctx.inputs["policy"], ctx)[0].eval() if wants_ref else None
     per_source = [_prompts(p, ctx) for p in cfg.prompts]
+    for src, rows in zip(cfg.prompts, per_source):
+        ctx.tracker.log_dataset(f"prompts/{src.source}", rows, context="training", source=src.source)
     by_prompt: dict[str, dict] = {}
     for rows in per_source:
         for r in rows:

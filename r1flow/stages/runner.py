@@ -167,6 +167,7 @@ def run_spec(spec: StageSpec, rank: int = 0) -> ArtifactRef | None:
         mlflow_runs.log_params(spec.tracking_uri, spec.mlflow_run_id,
                                mlflow_runs.flatten(config.model_dump(mode="json")))
     ctx = StageContext(spec, config, inputs, workdir, store, tracker, rank)
+    monitor = mlflow_runs.system_metrics(spec.tracking_uri, spec.mlflow_run_id) if tracking else None
     try:
         with _refusals():
             stage.check(ctx)  # cheap input checks before the expensive part
@@ -182,6 +183,8 @@ def run_spec(spec: StageSpec, rank: int = 0) -> ArtifactRef | None:
                                  {"r1flow.artifact_uri": ref.uri, "r1flow.artifact_digest": ref.digest})
         return ref
     finally:
+        if monitor is not None:
+            mlflow_runs.stop_system_metrics(monitor)
         if inner is not None:  # a failed stage: flush briefly (a no-op after _deliver_metrics)
             inner.close(METRIC_FLUSH_S / 2, unsent_path=_unsent_path(work_root, spec))
         shutil.rmtree(workdir, ignore_errors=True)

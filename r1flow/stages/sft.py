@@ -23,6 +23,8 @@ def run(ctx: StageContext) -> None:
 
     cfg: SFTConfig = ctx.config
     examples = sft_examples_from(ctx.inputs["data"])
+    ctx.tracker.log_dataset("rejection_sampling/sft.jsonl", examples, context="training",
+                            source=ctx.spec.inputs["data"].sub("sft.jsonl"))
     model, tokenizer = load_policy(ctx.inputs["base"], ctx, which=cfg.model)
     ctx.log(f"SFT of the {cfg.model} base on {len(examples)} examples")
     final = train_sft(model, tokenizer, examples, cfg.train, ctx.tracker, on_step=lambda s: ctx.fault_point(s.step),
