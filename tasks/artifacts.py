@@ -1,5 +1,5 @@
-"""What a run shows in the Prefect UI: a progress bar per running stage, a markdown summary per
-stage (key metrics, the MLflow run link, the artifact URI) and a table of evaluation results.
+"""What a run shows in the Prefect UI: a markdown summary per stage (key metrics, the MLflow run
+link, the artifact URI) and a table of evaluation results (progress: ``tasks.progress``).
 
 The MLflow side links back: every run carries the Prefect flow run's URL as a tag
 (``prefect.flow_run_url``), and each summary here carries the MLflow run's URL.
@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
-from uuid import UUID
 
-from prefect.artifacts import (create_markdown_artifact, create_progress_artifact, create_table_artifact,
-                               update_progress_artifact)
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from r1flow import mlflow_runs
 from r1flow.store import ArtifactRef
@@ -48,25 +45,6 @@ def quietly(what: str, call, *args, **kwargs) -> Any:
     except Exception as exc:  # the Prefect API is away or refuses the artifact
         logging.getLogger("r1flow.artifacts").warning("could not write the %s artifact: %s", what, exc)
         return None
-
-
-class Progress:
-    """A Prefect progress artifact for one stage, updated from its progress events (at most every
-    ``every_s`` seconds, so a fast loop does not flood the API)."""
-
-    def __init__(self, stage: str, every_s: float = 2.0) -> None:
-        self.id: UUID | None = quietly("progress", create_progress_artifact, progress=0.0,
-                                       description=f"stage {stage}: progress")
-        self.every_s, self.last = every_s, 0.0
-
-    def update(self, step: int, total: int, **info: Any) -> None:
-        now = time.monotonic()
-        if self.id is None or total <= 0 or (now - self.last < self.every_s and step < total):
-            return
-        self.last = now
-        detail = ", ".join(f"{k} {v}" for k, v in sorted(info.items()))
-        quietly("progress", update_progress_artifact, self.id, progress=100.0 * step / total,
-                description=f"step {step} of {total}" + (f" ({detail})" if detail else ""))
 
 
 def stage_summary(pipeline: str, stage: str, state: str, ref: ArtifactRef, tracking_uri: str,

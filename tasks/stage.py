@@ -32,7 +32,7 @@ from r1flow.launcher import (
 from r1flow.runtime import Runtime
 from r1flow.stages.runner import StageSpec
 from r1flow.store import ArtifactRef, StoreUnreachable
-from tasks.artifacts import Progress
+from tasks.progress import StageProgress
 
 
 def key_from_params(context, parameters: dict[str, Any]) -> str:
@@ -71,7 +71,7 @@ def run_stage(stage: str, key: str, config: dict[str, Any], inputs: dict[str, Ar
                      mlflow_run_id=run_id, warm_start=warm_start, work_root=str(runtime.home / "work"))
     result: dict[str, Any] = {}
     tail: deque[str] = deque(maxlen=40)  # the process's last plain lines, shown if it fails
-    progress = Progress(stage)
+    progress = StageProgress(stage)
 
     def on_line(line: str) -> None:
         tail.append(line)
@@ -99,6 +99,7 @@ def run_stage(stage: str, key: str, config: dict[str, Any], inputs: dict[str, Ar
                            env=runtime.stage_env(), on_event=on_event, on_line=on_line)
     finally:
         os.unlink(f.name)
+        progress.close()
     try:
         check_exit(code, stage, result.get("error"))
     except (StageInputError, StageCrashed):

@@ -23,14 +23,17 @@ DOWNSTREAM_OF_SFT = {"sft", "final_rl"}
 PREFECT_STATES = """
 import asyncio, json, sys
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterId
 
 async def main(flow_run_id):
     async with get_client() as client:
         runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
         flow_run = await client.read_flow_run(flow_run_id)
+        artifacts = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
         print(json.dumps({"flow": flow_run.state.name,
-                          "tasks": {r.name: r.state.name for r in runs}}))
+                          "tasks": {r.name: r.state.name for r in runs},
+                          "progress": [[a.data, a.description] for a in artifacts if a.type == "progress"]}))
 
 asyncio.run(main(sys.argv[1]))
 """
@@ -82,6 +85,11 @@ def test_micro_pipeline_tracks_every_stage(micro_home):
     states = _prefect_states(home, _flow_run_id(first.stdout))
     assert states["flow"] == "Completed"
     assert set(states["tasks"].values()) == {"Completed"}
+    # progress: the terminal (not a TTY here: log lines) and a Prefect progress artifact per stage
+    assert "stage reasoning_rl: GRPO step 3 of 3 · ETA 0 s · reward" in first.stdout + first.stderr
+    done = {description for data, description in states["progress"] if data == 100.0}
+    assert any(d.startswith("stage r1_zero: GRPO step 3 of 3 · ETA 0 s · reward") for d in done), states["progress"]
+    assert any(d.startswith("stage base: student/SFT step 30 of 30") for d in done), states["progress"]
 
 
 def test_every_dataset_is_an_mlflow_input_with_its_digest_and_system_metrics_are_on(micro_home):

@@ -368,7 +368,7 @@ def train_grpo(model, tokenizer, prompts: list[dict], reward_fns: list[RewardSpe
         done = step + 1
         if rank == 0 and (done % params.log_every == 0 or done == params.steps):
             tracker.log_metrics({key: sum(v) / len(v) for key, v in window.items()}, done)
-            tracker.progress(done, params.steps, reward=round(metrics["reward/mean"], 4))
+            tracker.progress(done, params.steps, phase="GRPO", reward=round(metrics["reward/mean"], 4))
         if done % params.log_every == 0:
             window = defaultdict(list)
         if rank == 0 and (done % params.sample_every == 0 or done == 1):

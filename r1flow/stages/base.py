@@ -59,7 +59,7 @@ class _Prefixed:
         self.inner.log_metrics({self.prefix + k: v for k, v in metrics.items()}, step)
 
     def progress(self, step, total, **info):
-        self.inner.progress(step, total, **info)
+        self.inner.progress(step, total, **{**info, "phase": f"{self.prefix}{info.get('phase', '')}"})
 
     def log_table(self, rows, name):
         self.inner.log_table(rows, self.prefix.strip("/") + "_" + name)

@@ -114,7 +114,7 @@ def train_reward_model(tokenizer, arch: ModelArch, pairs_train: list[dict[str, A
                        **evaluate_pairs(model, tokenizer, pairs_eval, params.max_length, params.eval_batch_size)}
             model.train()
             tracker.log_metrics(metrics, step)
-            tracker.progress(step, params.steps, eval_accuracy=metrics["eval_accuracy"])
+            tracker.progress(step, params.steps, phase="reward model", eval_accuracy=metrics["eval_accuracy"])
     model.eval()
     return model, metrics
 

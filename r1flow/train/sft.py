@@ -263,7 +263,7 @@ def train_sft(
                 "epoch": step / per_epoch,
             }
             tracker.log_metrics(metrics, step + 1)
-            tracker.progress(step + 1, steps, loss=round(metrics["loss"], 4))
+            tracker.progress(step + 1, steps, phase="SFT", loss=round(metrics["loss"], 4))
             final_window = metrics["loss"]
             window_losses, window_tokens, window_start = [], 0, time.perf_counter()
         if checkpoints is not None and checkpoints.due(step + 1, steps):
