@@ -27,6 +27,8 @@ def eta_seconds(done: int, remaining: int, elapsed_s: float) -> float | None:
     >>> eta_seconds(done=30, remaining=70, elapsed_s=60.0)  # 2 s per step, 70 steps to go
     140.0
     """
+    if remaining <= 0:
+        return 0.0
     return None if done <= 0 else elapsed_s / done * remaining
 
 
@@ -63,7 +65,7 @@ class StageProgress:
             return
         now = time.monotonic()
         if phase != self.phase or step < self.last_step:  # a new phase (or its second run, e.g. the student)
-            self.phase, self.first_step, self.started = phase, step - 1, now
+            self.phase, self.first_step, self.started = phase, step, now  # the rate is known from its next event
         self.last_step = step
         text = progress_text(phase, step, total, eta_seconds(step - self.first_step, total - step, now - self.started),
                              info)

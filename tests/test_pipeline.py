@@ -333,3 +333,49 @@ def test_compare_two_runs_table_plots_and_mlflow(micro_home):
 
     missing = r1flow(["compare", "first", "never-ran"], home)
     assert missing.returncode == 2 and "never-ran" in missing.stderr
+
+
+BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+SCREENSHOTS = REPO / "test-output" / "browser"
+
+
+def test_mlflow_and_prefect_uis_show_the_run_in_a_real_browser(micro_home, prefect_api, tmp_path):
+    """Headless Debian Chromium (driven by Playwright, its own browser download not used) opens the
+    first run in a real ``mlflow server``'s UI — the parent run lists every stage as a child run —
+    and in the Prefect server's UI — the flow run's artifacts tab lists every stage's summary.
+    The screenshots are kept in test-output/browser/."""
+    import shutil
+
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is a dev dependency: make install")
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium; .ci/run does it)")
+    from tests.mlflowserver import Server
+
+    home, first = micro_home
+    mlflow_runs, uri = _mlflow(home)
+    parent = mlflow_runs.find_pipeline_runs(uri, "first")[-1]  # the run that ran every stage
+    server = Server(tmp_path)
+    server.start(db=home / "mlflow.db")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=BROWSER_ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(f"{server.uri}/#/experiments/{parent.info.experiment_id}/runs/{parent.info.run_id}")
+            page.get_by_text("Child runs", exact=True).wait_for(timeout=60_000)
+            for stage in STAGES:
+                page.get_by_role("link", name=stage, exact=True).wait_for(timeout=10_000)
+            page.screenshot(path=SCREENSHOTS / "mlflow-parent-run.png", full_page=True)
+
+            page.goto(f"{prefect_api.removesuffix('/api')}/runs/flow-run/{_flow_run_id(first.stdout)}")
+            page.get_by_text("Artifacts", exact=True).first.click(timeout=60_000)
+            for stage in STAGES:
+                page.get_by_text(f"first-{stage.replace('_', '-')}", exact=True).first.wait_for(timeout=30_000)
+            page.screenshot(path=SCREENSHOTS / "prefect-flow-run-artifacts.png", full_page=True)
+            browser.close()
+    finally:
+        server.stop()
+    assert all((SCREENSHOTS / f).stat().st_size > 20_000
+               for f in ("mlflow-parent-run.png", "prefect-flow-run-artifacts.png"))

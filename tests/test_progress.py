@@ -11,6 +11,7 @@ from tasks.progress import duration, eta_seconds, progress_text
     (30, 70, 60.0, 140.0),   # 2 s a step, 70 steps left
     (1, 0, 5.0, 0.0),        # finished
     (0, 10, 3.0, None),      # no step yet: no rate to go by
+    (0, 0, 0.0, 0.0),        # a phase whose only event is its last step
     (10, 90, 1.0, 9.0),      # a resumed phase counts only the steps it did itself
 ])
 def test_eta_is_the_phase_rate_so_far(done, remaining, elapsed, eta):
