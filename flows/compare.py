@@ -40,12 +40,13 @@ def _shown(metric: str) -> bool:
     return metric in TRAINING or (metric.startswith("eval/") and metric.count("/") == 2)
 
 
-def comparison_rows(tracking_uri: str, names: list[str], experiment: str = mlflow_runs.EXPERIMENT) -> list[dict]:
-    """``[{"stage", "metric", NAME_A: value, NAME_B: value, …}]`` in pipeline order."""
+def comparison_rows(tracking_uri: str, runs: dict[str, dict[str, str]]) -> list[dict]:
+    """``[{"stage", "metric", NAME_A: value, NAME_B: value, …}]`` in pipeline order, from each
+    name's stage runs (``stage_runs``)."""
     client = mlflow_runs.client(tracking_uri)
     values: dict[tuple[str, str], dict[str, float]] = {}
-    for name in names:
-        for stage, run_id in stage_runs(tracking_uri, name, experiment)[1].items():
+    for name, stages in runs.items():
+        for stage, run_id in stages.items():
             for metric, value in client.get_run(run_id).data.metrics.items():
                 if _shown(metric):
                     values.setdefault((stage, metric), {})[name] = value
@@ -89,11 +90,11 @@ def compare(tracking_uri: str, names: list[str], out_dir: str | Path,
         raise ValueError(f"compare needs at least two different run names, got {names}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rows = comparison_rows(tracking_uri, names, experiment)
+    runs = {name: stage_runs(tracking_uri, name, experiment) for name in names}
+    rows = comparison_rows(tracking_uri, {name: stages for name, (_, stages) in runs.items()})
     files = [out / "compare.md", out / "compare.csv"]
     files[0].write_text(render(rows, names, "markdown") + "\n")
     files[1].write_text(render(rows, names, "csv"))
-    runs = {name: stage_runs(tracking_uri, name, experiment) for name in names}
     keys = tuple(key for _, key in COMPARE_PANELS)
     for stage in RL_STAGES:
         curves = {name: histories(tracking_uri, stages[stage], keys) for name, (_, stages) in runs.items()
@@ -105,8 +106,11 @@ def compare(tracking_uri: str, names: list[str], out_dir: str | Path,
     run_id = mlflow_runs.start_run(tracking_uri, first_parent.info.experiment_id, "compare " + " vs ".join(names),
                                    tags={"r1flow.compare": ",".join(names),
                                          **{f"r1flow.compare.{n}": p.info.run_id for n, (p, _) in runs.items()}})
-    client = mlflow_runs.client(tracking_uri)
-    for path in files:
-        client.log_artifact(run_id, str(path), artifact_path="compare")
-    mlflow_runs.end_run(tracking_uri, run_id)
+    client, status = mlflow_runs.client(tracking_uri), "FAILED"
+    try:
+        for path in files:
+            client.log_artifact(run_id, str(path), artifact_path="compare")
+        status = "FINISHED"
+    finally:
+        mlflow_runs.end_run(tracking_uri, run_id, status)
     return rows, files, run_id

@@ -16,6 +16,8 @@ A pipeline registers its final model as ``tracking.registered_model`` and its st
 
 from __future__ import annotations
 
+import contextlib
+
 from prefect import get_run_logger
 
 from r1flow import mlflow_runs, registry
@@ -25,7 +27,7 @@ from r1flow.store import ArtifactRef, StoreError
 
 MODEL_STAGES = ("final_rl", "sft", "reasoning_rl", "cold_start", "r1_zero", "base", "distill")
 EVAL_TAG = registry.EVAL_TAG  # the evaluation of the stage that made the model
-LATEST_TAG = "r1flow.evaluated."  # the newest run of the evaluation flow on it
+EVALUATED_PREFIX = "r1flow.evaluated."  # the newest run of the evaluation flow on it
 
 
 def resolve_model(model: str, config: PipelineConfig, runtime: Runtime) -> tuple[ArtifactRef, registry.Version | None]:
@@ -71,8 +73,6 @@ def registered_name(config: PipelineConfig) -> str:
 def register_outputs(config: PipelineConfig, runtime: Runtime, pipeline: str, final: ArtifactRef,
                      student: ArtifactRef | None = None) -> list[registry.Version]:
     """Register the final model and the student, by reference, with the alias ``candidate``."""
-    from mlflow.exceptions import MlflowException
-
     name = registered_name(config)
     if not name:
         return []
@@ -80,20 +80,29 @@ def register_outputs(config: PipelineConfig, runtime: Runtime, pipeline: str, fi
     for model_name, ref in ((name, final), (f"{name}-student", student)):
         if ref is None:
             continue
-        run_id = ref.meta.get("mlflow_run_id", "")
-        tags = {"r1flow.pipeline": pipeline, "r1flow.stage": ref.meta.get("stage", ""),
-                "r1flow.parent_run": runtime.parent_run_id or "", **evaluation_tags(runtime.tracking_uri, run_id)}
         try:
-            version = registry.register(runtime.tracking_uri, model_name, ref, run_id=run_id, tags=tags)
-        except MlflowException as exc:  # e.g. a tracking server refusing a local-store source: the run stands
+            version = _register(config, runtime, pipeline, model_name, ref)
+        except Exception as exc:  # noqa: BLE001 - the models are built and stored: registering is bookkeeping
             get_run_logger().warning("could not register %s as %s: %s%s", ref.uri, model_name, exc,
                                      _LOCAL_HINT if ref.uri.startswith(("/", "file:")) else "")
+            with contextlib.suppress(Exception):  # the tracking server may be what is away
+                mlflow_runs.set_tags(runtime.tracking_uri, runtime.parent_run_id, {
+                    f"r1flow.registry_error.{model_name}": str(exc)[:500]})
             continue
-        get_run_logger().info("registered %s as models:/%s/%s (alias %s)", ref.uri, model_name,
-                              version.version, registry.CANDIDATE)
-        _crown_if_better(config, runtime, version)
         versions.append(version)
     return versions
+
+
+def _register(config: PipelineConfig, runtime: Runtime, pipeline: str, model_name: str,
+              ref: ArtifactRef) -> registry.Version:
+    run_id = ref.meta.get("mlflow_run_id", "")
+    tags = {"r1flow.pipeline": pipeline, "r1flow.stage": ref.meta.get("stage", ""),
+            "r1flow.parent_run": runtime.parent_run_id or "", **evaluation_tags(runtime.tracking_uri, run_id)}
+    version = registry.register(runtime.tracking_uri, model_name, ref, run_id=run_id, tags=tags)
+    get_run_logger().info("registered %s as models:/%s/%s (alias %s)", ref.uri, model_name,
+                          version.version, registry.CANDIDATE)
+    _crown_if_better(config, runtime, version)
+    return version
 
 
 def _crown_if_better(config: PipelineConfig, runtime: Runtime, version: registry.Version) -> None:
@@ -130,6 +139,10 @@ def evaluation_tags(tracking_uri: str, run_id: str, prefix: str = EVAL_TAG) -> d
 def record_evaluation(runtime: Runtime, version: registry.Version, result: ArtifactRef) -> None:
     """The latest evaluation of a registered version (the nightly one), as its tags."""
     run_id = result.meta.get("mlflow_run_id", "")
-    registry.set_version_tags(runtime.tracking_uri, version, {
-        **evaluation_tags(runtime.tracking_uri, run_id, LATEST_TAG), LATEST_TAG + "run": run_id,
-        LATEST_TAG + "artifact": result.uri})
+    try:
+        registry.set_version_tags(runtime.tracking_uri, version, {
+            **evaluation_tags(runtime.tracking_uri, run_id, EVALUATED_PREFIX), EVALUATED_PREFIX + "run": run_id,
+            EVALUATED_PREFIX + "artifact": result.uri})
+    except Exception as exc:  # noqa: BLE001 - the evaluation itself is done and logged in its run
+        get_run_logger().warning("could not tag models:/%s/%s with this evaluation: %s", version.name,
+                                 version.version, exc)

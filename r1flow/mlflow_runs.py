@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -167,7 +168,11 @@ class MLflowTracker(NullTracker):
         self.client.log_artifact(self.run_id, path, artifact_path=folder)
 
     def log_dataset(self, name: str, rows: list[dict[str, Any]], *, context: str, source: str) -> None:
-        self.client.log_inputs(self.run_id, datasets=[dataset_input(name, rows, context=context, source=source)])
+        """Best effort: a tracking server away at this moment must not fail the work around it."""
+        try:
+            self.client.log_inputs(self.run_id, datasets=[dataset_input(name, rows, context=context, source=source)])
+        except Exception as exc:  # noqa: BLE001 - MlflowException, connection errors
+            print(f"r1flow: could not log dataset {name!r} to MLflow: {exc}", file=sys.stderr)
 
 
 def dataset_input(name: str, rows: list[dict[str, Any]], *, context: str, source: str):

@@ -45,17 +45,18 @@ Line = tuple[str, list[int], list[float]]  # (label, steps, values)
 def plot_curves(history: list[tuple[int, dict[str, float]]], path: str | Path, title: str,
                 panels=RL_PANELS) -> Path | None:
     """Write a grid of the panels that have data; None when no panel has any."""
-    return _grid([(name, [(key, *series(history, key)) for key in keys]) for name, keys in panels], path, title)
+    return _grid([(name, [(key, *series(history, key)) for key in keys]) for name, keys in panels], path, title,
+                 legend_from=2)
 
 
 def plot_overlay(histories: dict[str, list[tuple[int, dict[str, float]]]], path: str | Path, title: str,
                  panels=COMPARE_PANELS) -> Path | None:
     """The same metrics of several runs (``{label: history}``) in one grid, a line per run."""
     return _grid([(name, [(label, *series(history, key)) for label, history in histories.items()])
-                  for name, key in panels], path, title)
+                  for name, key in panels], path, title, legend_from=1)  # whose line it is, even alone
 
 
-def _grid(panels: list[tuple[str, list[Line]]], path: str | Path, title: str) -> Path | None:
+def _grid(panels: list[tuple[str, list[Line]]], path: str | Path, title: str, legend_from: int) -> Path | None:
     import matplotlib
 
     matplotlib.use("Agg")  # no display: files only
@@ -74,7 +75,7 @@ def _grid(panels: list[tuple[str, list[Line]]], path: str | Path, title: str) ->
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-        if len(lines) > 1:
+        if len(lines) >= legend_from:
             ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(drawn):]:
         ax.set_visible(False)

@@ -34,7 +34,8 @@ def preflight(config: PipelineConfig, store_root: str, stages: tuple[str, ...] |
         except (OSError, ValueError) as exc:
             raise ConfigError(f"evaluate.benchmarks: {bench!r}: {exc}") from None
     evaluated = sorted(benchmark_name(b) for b in config.evaluate.benchmarks)
-    if config.tracking.registered_model and config.tracking.promotion.benchmark not in evaluated:
+    registers = {"final_rl", "distill"} & set(stages)  # the pipeline registers (and crowns) these
+    if registers and config.tracking.registered_model and config.tracking.promotion.benchmark not in evaluated:
         raise ConfigError(f"tracking.promotion.benchmark: {config.tracking.promotion.benchmark!r} is not "
                           f"evaluated; evaluate.benchmarks gives {evaluated}")
     try:

@@ -22,6 +22,7 @@ CANDIDATE = "candidate"
 CHAMPION = "champion"
 EVAL_TAG = "r1flow.eval."  # r1flow.eval.<bench>.<metric>, r1flow.eval.<bench>.digest
 TAG_DIGEST = "r1flow.artifact_digest"
+_NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")  # a missing model, version or alias
 _MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[\w-]+)|/(?P<version>\d+|latest))$")
 
 
@@ -126,6 +127,8 @@ def resolve(tracking_uri: str, model_uri: str) -> Version:
             return _version(client.get_model_version(name, match["version"]))
         versions = client.search_model_versions(f"name = '{name}'")
     except MlflowException as exc:
+        if exc.error_code not in _NOT_FOUND:  # the registry is away or refuses: not the reference's fault
+            raise
         raise RegistryError(f"{model_uri}: no such registered model version ({exc.message})") from None
     if not versions:
         raise RegistryError(f"{model_uri}: registered model {name!r} has no versions")
@@ -152,6 +155,10 @@ def promote_by_hand(tracking_uri: str, name: str, version: str, reason: str) -> 
     """``r1flow promote``: make ``version`` the champion, recording who decided and why."""
     chosen = resolve(tracking_uri, f"models:/{name}/{version}")
     previous = champion(tracking_uri, name)
+    client = mlflow_runs.client(tracking_uri)
+    for key in chosen.tags:  # the rule's numbers from when it was registered no longer explain the alias
+        if key.startswith("r1flow.promotion."):
+            client.delete_model_version_tag(name, chosen.version, key)
     promote(tracking_uri, chosen, Decision(True, reason or "promoted by hand", {
         "r1flow.promotion.by_hand": "true",
         "r1flow.promotion.champion_version": previous.version if previous else ""}))

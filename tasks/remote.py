@@ -26,6 +26,7 @@ from r1flow.store import ArtifactRef
 from tasks.stage import key_from_params, published, retry_crashes_only
 
 POLL_S = 2.0
+API_GRACE_S = 600.0  # how long the Prefect API may be away while a stage runs elsewhere
 REFUSALS = ("StageInputError", "StageDiskFull", "ConfigChanged", "ConfigError", "KeyMismatch")
 
 
@@ -57,7 +58,7 @@ def run_stage_deployment(stage: str, key: str, launch: dict[str, Any], flow_para
     timeout_s = launch.get("timeout_s")
     try:
         state = wait_for(flow_run.id, timeout_s)
-    except BaseException:  # the pipeline is cancelled or killed: its stage must not go on without it
+    except BaseException:  # the pipeline is cancelled or killed (or lost its API): the stage must not go on
         cancel(flow_run.id, "the pipeline that launched it stopped")
         raise
     if state is None:
@@ -77,12 +78,23 @@ def run_stage_deployment(stage: str, key: str, launch: dict[str, Any], flow_para
     return store.ref(output_key)
 
 
-def wait_for(flow_run_id: UUID, timeout_s: float | None) -> State | None:
-    """The flow run's final state, or None when ``timeout_s`` passes first."""
+def wait_for(flow_run_id: UUID, timeout_s: float | None, api_grace_s: float = API_GRACE_S) -> State | None:
+    """The flow run's final state, or None when ``timeout_s`` passes first. The Prefect API being
+    away (a server restart) is waited out for up to ``api_grace_s`` — the stage runs on meanwhile."""
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    away_since = None
     with get_client(sync_client=True) as client:
         while True:
-            state = client.read_flow_run(flow_run_id).state
+            try:
+                state = client.read_flow_run(flow_run_id).state
+                away_since = None
+            except Exception as exc:  # noqa: BLE001 - httpx and Prefect's own errors alike
+                away_since = away_since or time.monotonic()
+                if time.monotonic() - away_since > api_grace_s:
+                    raise StageCrashed(f"lost the Prefect API for {api_grace_s:.0f} s while waiting for "
+                                       f"flow run {flow_run_id}: {exc}") from exc
+                get_run_logger().warning("cannot read flow run %s (%s); still waiting", flow_run_id, exc)
+                state = None
             if state is not None and (state.is_final() or state.type == StateType.CANCELLING):
                 return state
             if deadline is not None and time.monotonic() >= deadline:
@@ -91,16 +103,11 @@ def wait_for(flow_run_id: UUID, timeout_s: float | None) -> State | None:
 
 
 def cancel(flow_run_id: UUID, why: str) -> None:
-    """Cancel a stage's flow run: one not started yet is Cancelled at once, a running one is set
-    Cancelling (its worker then stops the process). Best effort: the API may be away too."""
+    """Ask the server to cancel a stage's flow run, as ``prefect flow-run cancel`` does: it cancels
+    one that has not started at once, and sets a running one Cancelling, which its worker then
+    stops. Best effort: the API may be away too."""
     try:
         with get_client(sync_client=True) as client:
-            state = client.read_flow_run(flow_run_id).state
-            if state is None or state.is_final():
-                return
-            started = state.type in (StateType.RUNNING, StateType.PAUSED)
-            client.set_flow_run_state(flow_run_id, State(
-                type=StateType.CANCELLING if started else StateType.CANCELLED, message=f"cancelled: {why}"),
-                force=True)
+            client.set_flow_run_state(flow_run_id, State(type=StateType.CANCELLING, message=f"cancelled: {why}"))
     except Exception as exc:  # noqa: BLE001 - we are already failing; say so and go on
         get_run_logger().warning("could not cancel flow run %s (%s): %s", flow_run_id, why, exc)

@@ -28,11 +28,12 @@ LAUNCH = ["--set", "base.launch.kind=deployment"]
 async def _stage_runs() -> dict[str, str]:
     """State of every flow run of deployment r1-stage/base, by flow run id."""
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 
     async with get_client() as client:
         deployment = await client.read_deployment_by_name("r1-stage/base")
-        runs = await client.read_flow_runs()
-        return {str(r.id): r.state.name for r in runs if r.deployment_id == deployment.id}
+        runs = await client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])))
+        return {str(r.id): r.state.name for r in runs}
 
 
 def _runs(server: str) -> dict[str, str]:

@@ -297,12 +297,22 @@ def test_first_model_is_champion_and_later_ones_are_decided_by_the_rule(micro_ho
     third_uri = mlflow_runs.find_pipeline_runs(uri, "third")[0].data.tags["r1flow.stage.final_rl.uri"]
     (third,) = [registry.resolve(uri, f"models:/r1flow-micro/{v.version}")
                 for v in mlflow_runs.client(uri).search_model_versions("name = 'r1flow-micro'") if v.source == third_uri]
-    gain = float(third.tags["r1flow.promotion.candidate_value"]) - float(third.tags["r1flow.promotion.champion_value"])
+    # decided against v1, the champion then, on the same benchmark digest, with the stages' own numbers
+    assert third.tags["r1flow.promotion.champion_version"] == first.version
+    assert third.tags["r1flow.promotion.benchmark_digest"] == first.tags["r1flow.eval.arith_heldout.digest"]
+    values = {}
+    for version, run in ((first, "first"), (third, "third")):
+        final_rl_run = mlflow_runs.find_pipeline_runs(uri, run)[-1].data.tags["r1flow.stage.final_rl.run"]
+        values[version.version] = mlflow_runs.client(uri).get_run(final_rl_run).data.metrics["eval/arith_heldout/pass_at_1"]
+    assert float(third.tags["r1flow.promotion.candidate_value"]) == pytest.approx(values[third.version], abs=1e-5)
+    assert float(third.tags["r1flow.promotion.champion_value"]) == pytest.approx(values[first.version], abs=1e-5)
+    gain = values[third.version] - values[first.version]
     assert third.tags["r1flow.promotion.decision"] == ("promoted" if gain >= 0.01 - 1e-9 else "kept"), third.tags
     out = r1flow(["promote", "r1flow-micro", third.version, "--reason", "picked in review"], home)
     assert out.returncode == 0, out.stderr[-2000:]
     champion = registry.resolve(uri, "models:/r1flow-micro@champion")
     assert champion.version == third.version and champion.tags["r1flow.promotion.reason"] == "picked in review"
+    assert "r1flow.promotion.candidate_value" not in champion.tags  # the rule's numbers no longer explain it
 
 
 def test_compare_two_runs_table_plots_and_mlflow(micro_home):
