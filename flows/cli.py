@@ -239,6 +239,21 @@ def compare(names: list[str] = typer.Argument(..., help="two or more pipeline ru
 
 
 @app.command()
+def findings(quick: bool = typer.Option(False, "--quick", help="micro preset: checks the flow, not the claims"),
+             name: str = typer.Option("findings", "--name", "-n")):
+    """Reproduce the paper's findings at tiny scale over the fixed seeds; writes a report (in progress: claims 1-2)."""
+    _setup_env()
+    from flows.experiments import findings as flow_fn
+
+    state = flow_fn(quick=quick, name=name, return_state=True)
+    if not state.is_completed():
+        typer.secho(f"findings failed: {state.message}", fg="red", err=True)
+        raise typer.Exit(1)
+    result = state.result()
+    typer.echo("\n".join(result["verdicts"]) + f"\nreport: {result['report']}\nMLflow run: {result['mlflow_run']}")
+
+
+@app.command()
 def alerts(webhook_url: str = typer.Option(..., "--webhook-url", envvar="R1FLOW_ALERT_WEBHOOK",
                                            help="where notices are POSTed (Slack or any webhook)"),
            stuck_after_hours: float = typer.Option(12.0, "--stuck-after-hours", min=0.0003),
