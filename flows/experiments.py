@@ -19,6 +19,7 @@ from typing import Any
 
 from prefect import flow
 
+from flows.compare import histories
 from flows.pipeline import r1_zero
 from r1flow import mlflow_runs
 from r1flow.config import load_config
@@ -45,14 +46,11 @@ def r1_zero_arm(tracking_uri: str, parent_run_id: str, k: int) -> dict[str, Any]
     end, cons@k at the end, and the curves."""
     client = mlflow_runs.client(tracking_uri)
     run_id = client.get_run(parent_run_id).data.tags["r1flow.stage.r1_zero.run"]
-    history: dict[int, dict[str, float]] = {}
-    for _, key in CURVES:
-        for m in client.get_metric_history(run_id, key):
-            history.setdefault(m.step, {})[key] = m.value
-    accuracy = sorted((s, v[CURVES[0][1]]) for s, v in history.items() if CURVES[0][1] in v)
+    history = histories(tracking_uri, run_id, tuple(key for _, key in CURVES))
+    accuracy = [metrics[CURVES[0][1]] for _, metrics in history if CURVES[0][1] in metrics]
     final = client.get_run(run_id).data.metrics
-    return {"start": accuracy[0][1], "end": accuracy[-1][1], "cons": final[f"eval/arith_heldout/cons_at_{k}"],
-            "history": sorted(history.items())}
+    return {"start": accuracy[0], "end": accuracy[-1], "cons": final[f"eval/arith_heldout/cons_at_{k}"],
+            "history": history}
 
 
 def render_report(spec: FindingsConfig, preset: str, arms: dict[int, dict[str, Any]], verdicts: list[Verdict],

@@ -176,16 +176,17 @@ class MLflowTracker(NullTracker):
 
 
 def dataset_input(name: str, rows: list[dict[str, Any]], *, context: str, source: str):
-    """An MLflow dataset entry: digest = the first 32 hex digits of the sha256 of the rows'
-    canonical JSON (the whole sha256 and the row count are in its profile), schema = the columns.
-    Datasets a stage writes are logged with context ``output`` (MLflow records dataset inputs only)."""
+    """An MLflow dataset entry: digest = the first 32 hex digits of ``dataset_digest`` (the sha256 of
+    the rows' canonical JSON lines, i.e. of the JSONL file r1flow writes; the whole sha256 and the
+    row count are in its profile), schema = the columns. Datasets a stage writes are logged with
+    context ``output`` (MLflow records dataset inputs only)."""
     import json
 
     from mlflow.entities import Dataset, DatasetInput, InputTag
 
-    from r1flow.store import digest_json
+    from r1flow.data.io import dataset_digest
 
-    digest = digest_json(rows)
+    digest = dataset_digest(rows)
     columns = sorted({k for row in rows for k in row})
     schema = {"mlflow_colspec": [{"name": c, "type": "string"} for c in columns]}
     dataset = Dataset(name=name, digest=digest[:32], source_type="r1flow", source=json.dumps({"uri": source}),

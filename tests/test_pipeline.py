@@ -97,8 +97,7 @@ def test_every_dataset_is_an_mlflow_input_with_its_digest_and_system_metrics_are
     data rejection sampling wrote is, byte for byte, what SFT and distillation trained on."""
     import json
 
-    from r1flow.data.io import read_jsonl
-    from r1flow.store import digest_json
+    from r1flow.data.io import dataset_digest, read_jsonl
 
     home, _ = micro_home
     mlflow_runs, uri = _mlflow(home)
@@ -109,9 +108,9 @@ def test_every_dataset_is_an_mlflow_input_with_its_digest_and_system_metrics_are
                         json.loads(d.dataset.profile)["sha256"] for d in run.inputs.dataset_inputs}
                 for stage, run in runs.items()}
     written = read_jsonl(next((home / "store" / "artifacts" / "rejection_sampling").iterdir()) / "sft.jsonl", {})
-    assert datasets["rejection_sampling"][("rejection_sampling/sft.jsonl", "output")] == digest_json(written)
+    assert datasets["rejection_sampling"][("rejection_sampling/sft.jsonl", "output")] == dataset_digest(written)
     for stage in ("sft", "distill"):
-        assert datasets[stage][("rejection_sampling/sft.jsonl", "training")] == digest_json(written)
+        assert datasets[stage][("rejection_sampling/sft.jsonl", "training")] == dataset_digest(written)
     assert ("prompts/arith", "training") in datasets["reasoning_rl"]
     assert ("preference_pairs/train", "training") in datasets["reward_model"]
     assert {stage for stage, d in datasets.items() if ("benchmark/arith_heldout", "evaluation") in d} == \
