@@ -133,6 +133,8 @@ class RLConfig(Checkpointed):
 
     cache_exclude: ClassVar[set[str]] = Checkpointed.cache_exclude | {"eval_every"}
     template: Literal["r1_zero", "r1"] = Field("r1", description="prompt template")
+    model: Literal["teacher", "student"] = Field("teacher", description="which model of a base artifact to "
+                                                 "train (policies holding one model/ ignore it)")
     prompts: list[PromptSource] = Field(default_factory=lambda: [PromptSource()])
     grpo: GRPOParams = Field(default_factory=GRPOParams)
     engine: Literal["torch", "hf", "vllm"] = Field(

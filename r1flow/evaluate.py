@@ -9,6 +9,8 @@ needed to read a small-model result honestly:
 - ``pass_at_j`` for j in 1, 2, 4, ... up to k: the unbiased estimator of Chen et al. 2021 (Codex,
   eq. 1), 1 − C(n−c, j) / C(n, j) with n = k samples and c correct.
 - ``format_rate``: share of samples the format reward accepts (score ≥ 1.0).
+- ``mixed_language_rate``: share of samples whose reasoning (the whole completion when it has no
+  reasoning block) holds words of more than one language — the readability fault §2.3.2 names.
 - ``lenient_pass_at_1``: a sample counts when it is strictly correct OR the last number anywhere in
   it equals the (numeric) gold. It ignores the answer format, so a strict pass@1 gain that is only
   formatting shows up as lenient pass@1 staying flat.
@@ -32,7 +34,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from r1flow.engine import GenerationEngine
-from r1flow.rewards import extract_answer, get_reward, gold_answer
+from r1flow.rewards import extract_answer, get_reward, gold_answer, mixes_languages, split_completion
 from r1flow.rewards.parsing import clean_answer, last_number
 from r1flow.templates import render_prompt
 from r1flow.tracking import NullTracker, Tracker
@@ -145,6 +147,7 @@ def evaluate_model(engine: GenerationEngine, problems: list[dict[str, str]], *, 
         timeouts += getattr(correct, "n_timeouts", 0)
         formats = format_fn(texts, golds)
         answers = [extract_answer(t, template) for t in texts]
+        mixed = [mixes_languages(split_completion(t, template)[0] or t) for t in texts]
         lenient = [max(c, float(lenient_match(t, g))) for c, t, g in zip(correct, texts, golds)]
         lengths = rollouts.completion_lengths.tolist()
         for p_local, problem in enumerate(chunk):
@@ -156,7 +159,7 @@ def evaluate_model(engine: GenerationEngine, problems: list[dict[str, str]], *, 
             samples += [{"id": str(problem.get("id", start + p_local)), "sample": s, "question": problem["question"],
                          "gold": golds[j], "completion": texts[j], "extracted": answers[j],
                          "correct": correct[j], "lenient": lenient[j], "format": formats[j],
-                         "length": int(lengths[j]), "finish_reason": rollouts.finish_reasons[j]}
+                         "mixed_language": mixed[j], "length": int(lengths[j]), "finish_reason": rollouts.finish_reasons[j]}
                         for s, j in enumerate(rows)]
         tracker.progress(call + 1, len(chunks), problems=start + len(chunk))
     return EvalResult(metrics={**aggregate(per_problem, samples, k), "grading_timeouts": float(timeouts)},
@@ -172,6 +175,7 @@ def aggregate(per_problem: list[dict[str, float]], samples: list[dict[str, Any]]
         f"cons_at_{k}": sum(p["cons"] for p in per_problem) / len(per_problem),
         "lenient_pass_at_1": sum(p["lenient"] for p in per_problem) / len(per_problem),
         "format_rate": sum(s["format"] >= 1.0 for s in samples) / len(samples),
+        "mixed_language_rate": sum(bool(s.get("mixed_language")) for s in samples) / len(samples),
         "mean_length": sum(s["length"] for s in samples) / len(samples),
         "truncated_rate": sum(s["finish_reason"] == "length" for s in samples) / len(samples),
         "num_problems": float(len(per_problem)),

@@ -120,6 +120,25 @@ def test_corpus_forms_have_the_intended_errors_and_tags():
     assert all(80 < n < 220 for n in counts.values()), counts
 
 
+def test_code_switched_chains_say_the_same_right_steps_in_two_languages():
+    from r1flow.rewards import mixes_languages
+
+    english = pretraining_corpus(400, 3, CorpusMix())
+    assert english == pretraining_corpus(400, 3, CorpusMix(mixed_language=0.0))  # 0 draws nothing
+    assert not any(mixes_languages(doc.split("Assistant:")[-1]) for doc in english)
+    mixed = pretraining_corpus(2000, 3, CorpusMix(mixed_language=0.5))
+    switched = [doc for doc in mixed if re.search("[加减是]", doc)]
+    # worked chains are ~60% of documents (default mix), half of them switch unless every step
+    # drew the same language: about 0.6 × 0.5 × 0.8 ≈ 24% of documents
+    assert 0.15 < len(switched) / len(mixed) < 0.35
+    assert sum(mixes_languages(doc.split("Assistant:")[-1]) for doc in switched) > 0.6 * len(switched)
+    for doc in switched:
+        back = re.sub("[加减是]", lambda m: {"加": "plus", "减": "minus", "是": "is"}[m.group(0)], doc)
+        for chain in CHAIN.findall(back):
+            chain_is_right(chain)
+    assert arith.steps_text(((7, 5, 3), ("+", "-")), ("zh", "en", "zh")) == "7 加 5 减 3 is 12 minus 3 是 9."
+
+
 def test_heldout_file_matches_its_pinned_digest_and_regenerates_exactly():
     data = HELDOUT_PATH.read_bytes()
     assert hashlib.sha256(data).hexdigest() == HELDOUT_SHA256

@@ -70,8 +70,8 @@ def test_problem_metrics_and_aggregate_hand_values():
     assert p2 == {"pass_at_1": 0.5, "cons": 1.0}
     per_problem = [dict(p1, lenient=0.75, n_correct=2), dict(p2, lenient=0.5, n_correct=2),
                    {"pass_at_1": 0.0, "cons": 0.0, "lenient": 0.0, "n_correct": 0}]
-    samples = [{"format": f, "length": n, "finish_reason": r}
-               for f, n, r in [(1.0, 10, "stop"), (0.0, 20, "length"), (1.0, 30, "stop")] * 4]
+    samples = [{"format": f, "length": n, "finish_reason": r, "mixed_language": x}
+               for f, n, r, x in [(1.0, 10, "stop", True), (0.0, 20, "length", False), (1.0, 30, "stop", False)] * 4]
     m = aggregate(per_problem, samples, k=4)
     assert m["pass_at_1"] == pytest.approx(1 / 3)
     # stderr: values 0.5, 0.5, 0 -> sample var = (1/36+1/36+4/36)/2 = 1/12; sqrt(1/12 / 3) = 1/6
@@ -82,6 +82,7 @@ def test_problem_metrics_and_aggregate_hand_values():
     assert m["pass_at_4"] == pytest.approx(2 / 3)
     assert m["format_rate"] == pytest.approx(2 / 3) and m["mean_length"] == pytest.approx(20)
     assert m["truncated_rate"] == pytest.approx(1 / 3) and m["num_problems"] == 3
+    assert m["mixed_language_rate"] == pytest.approx(1 / 3)
 
 
 # --- evaluate_model on real tiny models ----------------------------------------------------
@@ -97,7 +98,8 @@ def test_evaluate_model_random_model_returns_every_metric(tokenizer):
     kw = dict(template="r1_zero", k=3, max_new_tokens=16, seed=0, batch_size=3)
     result = evaluate_model(engine, PROBLEMS, **kw)
     expected = {"pass_at_1", "pass_at_1_stderr", "cons_at_3", "pass_at_2", "pass_at_3", "lenient_pass_at_1",
-                "format_rate", "mean_length", "truncated_rate", "num_problems", "grading_timeouts"}
+                "format_rate", "mixed_language_rate", "mean_length", "truncated_rate", "num_problems",
+                    "grading_timeouts"}
     assert set(result.metrics) == expected
     assert all(0.0 <= result.metrics[key] <= 1.0 for key in expected - {"mean_length", "num_problems",
                                                                           "grading_timeouts"})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from r1flow.experiments.claims import beats, mean_std
-from r1flow.experiments.compute import comparable, grpo_step_flops, sft_flops
+from r1flow.flops import comparable, grpo_step_flops, sft_flops
 
 
 def test_sft_flops_is_six_n_t():

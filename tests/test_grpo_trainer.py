@@ -98,6 +98,38 @@ def test_one_step_changes_parameters_and_logs_every_metric(tok):
     assert set(tracker.tables[0][1][0]) == {"step", "source", "prompt", "completion", "reward"}
 
 
+class TokenCounting(HFEngine):
+    """The HF engine, remembering the prompt and completion tokens of every batch it returns."""
+
+    counts: list[tuple[int, int]] = []
+
+    def generate(self, *args, **kwargs):
+        out = super().generate(*args, **kwargs)
+        self.counts.append((int(out.prompt_mask.sum()), int(out.completion_mask.sum())))
+        return out
+
+
+def test_training_flops_are_logged_and_a_budget_stops_the_run(tok):
+    model, tracker = model_for(tok), ListTracker()
+    n = sum(p.numel() for p in model.parameters()) - model.get_input_embeddings().weight.numel() * (
+        model.get_output_embeddings().weight is not model.get_input_embeddings().weight)
+    engine = TokenCounting(model, tok)
+    engine.counts = []
+    # One step: 2N per token generating, 6N·mu updating, 2N for the reference, 2N for old log-probs (mu=2).
+    params = GRPOParams(steps=50, prompts_per_step=2, group_size=4, max_new_tokens=6, lr=1e-3, mu=2, beta=0.1)
+    per_token = 2 * n + 6 * n * 2 + 2 * n + 2 * n
+    budget = 2.5 * per_token * 2 * 4 * 10  # about 2.5 steps of ~10 tokens per row
+    params = params.model_copy(update={"max_train_flops": budget})
+    summary = train_grpo(model, tok, PROMPTS, A_REWARD, params, tracker, engine=engine)
+    spent = [per_token * (p + c) for p, c in engine.counts]
+    steps = len(engine.counts)
+    assert 2 <= steps < 50 and summary["steps"] == steps
+    assert sum(spent[:-1]) < budget <= sum(spent)  # stopped at the first step that reached the budget
+    assert summary["train_flops"] == pytest.approx(sum(spent))
+    logged = [metrics["train_flops"] for _, metrics in tracker.history]
+    assert logged == pytest.approx([sum(spent[:i + 1]) for i in range(steps)])
+
+
 def test_same_seed_same_run_and_pure_prompt_order(tok):
     def run():
         model = model_for(tok)

@@ -101,8 +101,11 @@ def test_a_few_steps_lower_the_training_loss(data):
         after = batch_loss(model, batch)[0].item()
     assert after < 0.7 * before, (before, after)
     assert final["steps"] == 30 and final["tokens"] > 0
-    for key in ("loss", "lr", "tokens_per_s", "grad_norm"):
+    for key in ("loss", "lr", "tokens_per_s", "grad_norm", "train_flops"):
         assert len(tracker.series(key)) == 3, key
+    embed, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    n = sum(p.numel() for p in model.parameters()) - (embed.numel() if head is not embed else 0)
+    assert final["train_flops"] == 6 * n * final["tokens"] == tracker.series("train_flops")[-1]  # 6·N·T
     assert tracker.series("loss")[-1] < tracker.series("loss")[0]
 
 

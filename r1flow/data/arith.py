@@ -9,7 +9,10 @@ whose pass@k is far above its pass@1, with short completions so GRPO runs many s
   totals that never go negative, so each step is one small fact; the answer is an integer string.
   Larger operands (the feasibility run's 30) left a 1M model too weak after 150 s of pretraining.
 - Worked steps are English words (``7 plus 5 is 12. 12 minus 3 is 9.``): the language-consistency
-  reward (paper §2.3.2) counts Latin words. Completions are short (about 20-45 tokens).
+  reward (paper §2.3.2) counts Latin words. Completions are short (about 20-45 tokens). With
+  ``CorpusMix.mixed_language`` a share of the worked chains code-switch, each step in English or
+  Chinese words (``7 plus 5 是 12 减 3 是 9.``), as bilingual web text does: the base then mixes
+  languages in its own CoT, which the language reward is there to cure (the findings' claim 4).
 - The pretraining corpus is deliberately imperfect (``CorpusMix``), in forms chosen so that every
   bad habit is a *decision* the model makes, never a false fact it has to learn:
   ``clean`` (tagged worked steps), ``slip`` (one step misreads the question: a flipped operator
@@ -47,7 +50,8 @@ GUESS_REASONING = "I know this one."
 """The whole "reasoning" of a guessed answer: well-formed, but no working."""
 GUESS_SPREAD = 8
 """A guessed answer is the right one plus a uniform offset in [-GUESS_SPREAD, GUESS_SPREAD]."""
-OP_WORDS = {"+": "plus", "-": "minus"}
+WORDS = {"en": {"+": "plus", "-": "minus", "=": "is"}, "zh": {"+": "加", "-": "减", "=": "是"}}
+"""The words of a worked step, per language (``zh`` only in code-switched chains)."""
 DRILL_CHAINS = 2
 """Worked chains per drill document (plain practice text, as a base model's web data holds)."""
 
@@ -88,6 +92,10 @@ class CorpusMix(BaseModel):
     )
     drill_fraction: float = Field(
         0.25, ge=0, le=1, description="share of all documents that are plain worked chains, no template"
+    )
+    mixed_language: float = Field(
+        0.0, ge=0, le=1, description="share of worked chains that code-switch: each step in English or "
+        "Chinese words at random (0: English only)"
     )
 
     @model_validator(mode="after")
@@ -157,17 +165,32 @@ def question_text(expr: Expr) -> str:
     return "Compute " + " ".join([str(operands[0])] + [f"{op} {b}" for op, b in zip(ops, operands[1:])])
 
 
-def spoken(operands: tuple[int, ...], ops: tuple[str, ...]) -> str:
+def spoken(operands: tuple[int, ...], ops: tuple[str, ...], lang: str = "en") -> str:
     """An expression in words: ``12 minus 3 plus 8``."""
-    return " ".join([str(operands[0])] + [f"{OP_WORDS[op]} {b}" for op, b in zip(ops, operands[1:])])
+    return " ".join([str(operands[0])] + [f"{WORDS[lang][op]} {b}" for op, b in zip(ops, operands[1:])])
 
 
-def steps_text(expr: Expr) -> str:
+def steps_text(expr: Expr, langs: tuple[str, ...] | None = None) -> str:
     """Worked steps as a chain that folds the first two numbers each time:
-    ``7 plus 5 minus 3 is 12 minus 3 is 9.``"""
+    ``7 plus 5 minus 3 is 12 minus 3 is 9.`` — step ``i`` (and the "is" that opens it) in
+    language ``langs[i]`` (all English by default).
+
+    >>> steps_text(((7, 5, 3), ("+", "-")), ("en", "zh", "zh"))
+    '7 plus 5 minus 3 是 12 减 3 是 9.'
+    """
     operands, ops = expr
     totals = [operands[0]] + running_totals(expr)
-    return " is ".join(spoken((totals[i],) + operands[i + 1 :], ops[i:]) for i in range(len(totals))) + "."
+    langs = langs or ("en",) * len(totals)
+    parts = [spoken((totals[i],) + operands[i + 1 :], ops[i:], langs[i]) for i in range(len(totals))]
+    return parts[0] + "".join(f" {WORDS[lang]['=']} {part}" for lang, part in zip(langs[1:], parts[1:])) + "."
+
+
+def code_switch(expr: Expr, rng: random.Random, share: float) -> tuple[str, ...] | None:
+    """With probability ``share``, a language per step (English or Chinese at random); else None.
+    Draws nothing when ``share`` is 0, so English-only corpora stay what they were."""
+    if not share or rng.random() >= share:
+        return None
+    return tuple(rng.choice(tuple(WORDS)) for _ in range(len(expr[1]) + 1))
 
 
 def misread(expr: Expr, rng: random.Random) -> Expr:
@@ -238,10 +261,10 @@ def rl_prompts(n: int, seed: int, task: TaskParams | None = None) -> list[Proble
     return generate_problems(n, seed, task, unique=True, prefix="rl")
 
 
-def corpus_document(expr: Expr, form: str, rng: random.Random) -> str:
+def corpus_document(expr: Expr, form: str, rng: random.Random, mixed_language: float = 0.0) -> str:
     """One pretraining document (without EOS) in one of the corpus forms."""
     q, totals = question_text(expr), running_totals(expr)
-    steps, answer = steps_text(expr), str(totals[-1])
+    steps, answer = steps_text(expr, code_switch(expr, rng, mixed_language)), str(totals[-1])
     if form == "r1":
         return render_prompt(q, "r1") + r1_completion(steps, answer)
     prompt = render_prompt(q, "r1_zero")
@@ -249,7 +272,8 @@ def corpus_document(expr: Expr, form: str, rng: random.Random) -> str:
         return prompt + r1_zero_completion(steps, answer)
     if form == "slip":
         wrong = misread(expr, rng)
-        return prompt + r1_zero_completion(steps_text(wrong), str(running_totals(wrong)[-1]))
+        wrong_steps = steps_text(wrong, code_switch(wrong, rng, mixed_language))
+        return prompt + r1_zero_completion(wrong_steps, str(running_totals(wrong)[-1]))
     if form in ("guess", "bare"):
         guessed = str(max(0, totals[-1] + rng.randint(-GUESS_SPREAD, GUESS_SPREAD)))
         if form == "bare":
@@ -260,9 +284,9 @@ def corpus_document(expr: Expr, form: str, rng: random.Random) -> str:
     raise ValueError(f"unknown corpus form {form!r}")
 
 
-def drill(expr: Expr) -> str:
+def drill(expr: Expr, langs: tuple[str, ...] | None = None) -> str:
     """Plain practice text: ``Compute 6 plus 7 minus 9: 6 plus 7 minus 9 is 13 minus 9 is 4.``"""
-    return f"{question_text(expr)}: {steps_text(expr)}"
+    return f"{question_text(expr)}: {steps_text(expr, langs)}"
 
 
 def pretraining_corpus(n_docs: int, seed: int, mix: CorpusMix, task: TaskParams | None = None) -> list[str]:
@@ -275,11 +299,12 @@ def pretraining_corpus(n_docs: int, seed: int, mix: CorpusMix, task: TaskParams 
     for _ in range(n_docs):
         pick = rng.random()
         if pick < mix.drill_fraction:
-            docs.append(" ".join(drill(next(stream)) for _ in range(DRILL_CHAINS)))
+            chains = [next(stream) for _ in range(DRILL_CHAINS)]
+            docs.append(" ".join(drill(e, code_switch(e, rng, mix.mixed_language)) for e in chains))
         elif pick < mix.drill_fraction + mix.r1_fraction:
-            docs.append(corpus_document(next(stream), "r1", rng))
+            docs.append(corpus_document(next(stream), "r1", rng, mix.mixed_language))
         else:
-            docs.append(corpus_document(next(stream), rng.choices(forms, weights)[0], rng))
+            docs.append(corpus_document(next(stream), rng.choices(forms, weights)[0], rng, mix.mixed_language))
     return docs
 
 

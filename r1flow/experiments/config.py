@@ -30,7 +30,7 @@ class FindingsConfig(BaseModel):
     preset: str = Field("tiny", description="the pipeline preset the arms start from")
     quick_preset: str = Field("micro", description="--quick: CI-size check of the flow, not of the claims")
     compute_tolerance: float = Field(0.10, gt=0, lt=1, description="student training FLOPs of distillation and "
-                                     "RL within this relative distance (r1flow.experiments.compute)")
+                                     "RL within this relative distance (r1flow.flops)")
     thresholds: Thresholds = Field(default_factory=Thresholds)
 
 

@@ -32,6 +32,8 @@ class GRPOParams(BaseModel):
         "group", description="advantage std normalization; 'none' is Dr. GRPO")
     filter_zero_variance: bool = Field(False, description="drop groups whose rewards are all equal (DAPO)")
     reward_timeout_s: float = Field(5.0, gt=0, description="per-sample reward timeout; overruns score 0")
+    max_train_flops: float = Field(0.0, ge=0, description="stop once this many training FLOPs are spent "
+                                   "(r1flow.flops; 0: run all steps) — compute-matched comparisons")
     seed: int = Field(0, description="seeds prompts order, sampling and torch")
     log_every: int = Field(1, ge=1, description="rollout batches between metric reports")
     sample_every: int = Field(25, ge=1, description="rollout batches between logged sample tables")

@@ -54,6 +54,7 @@ from r1flow.attention import use_native_gqa
 from r1flow.checkpoint import Checkpointer
 from r1flow.decode import DecodeEngine
 from r1flow.engine import GenerationEngine, Rollouts
+from r1flow.flops import compute_params, grpo_step_flops
 from r1flow.grpo.logprobs import shared_prompt_logprobs
 from r1flow.grpo.loss import group_advantages, grpo_loss, zero_variance_groups
 from r1flow.grpo.params import GRPOParams
@@ -331,10 +332,12 @@ def train_grpo(model, tokenizer, prompts: list[dict], reward_fns: list[RewardSpe
     needs_old = params.mu > 1 or params.num_minibatches > 1
     model.train()
     start, window, rewards, optimizer_steps, first = time.perf_counter(), defaultdict(list), [], 0, 0
+    n_compute, train_flops, done = compute_params(model), 0.0, 0
     restored = checkpoints.restore(model=model, optimizer=optimizer, scheduler=scheduler) if checkpoints else None
     if restored is not None:
         first, rewards, optimizer_steps = restored.step, restored.extra["rewards"], restored.extra["optimizer_steps"]
         window = defaultdict(list, restored.extra["window"])
+        train_flops = float(restored.extra.get("train_flops", 0.0))
         engine.sync_weights(model)
     for step in range(first, params.steps):
         clock, step_start = _Clock(), time.perf_counter()
@@ -362,12 +365,17 @@ def train_grpo(model, tokenizer, prompts: list[dict], reward_fns: list[RewardSpe
         step_time = time.perf_counter() - step_start
         metrics.update({f"time/{name}": t for name, t in clock.times.items()})
         metrics.update(step_time_s=step_time, tokens_per_s=float(rollouts.completion_lengths.sum()) / step_time)
+        train_flops += world * grpo_step_flops(
+            n_compute, int(rollouts.prompt_mask.sum()), int(rollouts.completion_lengths.sum()), mu=params.mu,
+            reference=ref is not None, old_policy=needs_old)
         rewards.append(metrics["reward/mean"])
         for key, value in metrics.items():
             window[key].append(value)
         done = step + 1
-        if rank == 0 and (done % params.log_every == 0 or done == params.steps):
-            tracker.log_metrics({key: sum(v) / len(v) for key, v in window.items()}, done)
+        spent = bool(params.max_train_flops) and train_flops >= params.max_train_flops
+        if rank == 0 and (done % params.log_every == 0 or done == params.steps or spent):
+            tracker.log_metrics({**{key: sum(v) / len(v) for key, v in window.items()}, "train_flops": train_flops},
+                                done)
             tracker.progress(done, params.steps, phase="GRPO", reward=round(metrics["reward/mean"], 4))
         if done % params.log_every == 0:
             window = defaultdict(list)
@@ -375,9 +383,13 @@ def train_grpo(model, tokenizer, prompts: list[dict], reward_fns: list[RewardSpe
             tracker.log_table(_sample_rows(done, rows, rollouts, scores.total, group), f"samples_step{done}")
         if checkpoints is not None and checkpoints.due(done, params.steps):
             checkpoints.save(done, model=model, optimizer=optimizer, scheduler=scheduler,
-                             extra={"rewards": rewards, "optimizer_steps": optimizer_steps, "window": dict(window)})
+                             extra={"rewards": rewards, "optimizer_steps": optimizer_steps, "window": dict(window),
+                                    "train_flops": train_flops})
         if on_step is not None:
             on_step(done, GRPOState(done, params.steps, model, optimizer, scheduler, optimizer_steps, metrics))
+        if spent:
+            break
     model.eval()
-    return {"steps": float(params.steps), "optimizer_steps": float(optimizer_steps), "resumed_from_step": float(first),
-            "reward_first": rewards[0], "reward_last": rewards[-1], "runtime_s": time.perf_counter() - start}
+    return {"steps": float(done or first), "optimizer_steps": float(optimizer_steps), "resumed_from_step": float(first),
+            "reward_first": rewards[0], "reward_last": rewards[-1], "train_flops": train_flops,
+            "runtime_s": time.perf_counter() - start}

@@ -23,7 +23,7 @@ from typing import Protocol
 
 from r1flow.rewards.correctness import AccuracyReward, BatchScores, accuracy, quick_accuracy
 from r1flow.rewards.formatting import format_reward, is_well_formed
-from r1flow.rewards.language import check_lang, language_consistency, language_reward
+from r1flow.rewards.language import check_lang, language_consistency, language_reward, mixes_languages
 from r1flow.rewards.parsing import check_template, extract_answer, gold_answer, split_completion
 from r1flow.rewards.pool import Graded, GradingPool, default_pool, score_with_timeout
 
@@ -46,6 +46,7 @@ __all__ = [
     "language_reward",
     "make_format_reward",
     "make_language_reward",
+    "mixes_languages",
     "quick_accuracy",
     "score_with_timeout",
     "split_completion",

@@ -72,6 +72,18 @@ def language_consistency(text: str, lang: str = "en") -> float:
     return sum(_is_target(u, lang) for u in units) / len(units)
 
 
+def mixes_languages(text: str) -> bool:
+    """Does ``text`` hold units of more than one language (Chinese, English, anything else)?
+    The mixed-language CoT rate the language reward should cut (paper §2.3.2).
+
+    >>> mixes_languages("7 plus 5 是 12"), mixes_languages("7 加 5 是 12"), mixes_languages("7 + 5 = 12")
+    (True, False, False)
+    """
+    kinds = {"zh" if _is_target(u, "zh") else "en" if _is_target(u, "en") else "other"
+             for u in language_units(text)}
+    return len(kinds) > 1
+
+
 def language_reward(
     completions: Sequence[str],
     golds: Sequence[str] | None = None,

@@ -104,9 +104,9 @@ def run(ctx: StageContext) -> None:
     from r1flow.tracking import ListTracker
 
     cfg: RLConfig = ctx.config
-    model, tokenizer = load_policy(ctx.inputs["policy"], ctx)
+    model, tokenizer = load_policy(ctx.inputs["policy"], ctx, which=cfg.model)
     wants_ref = cfg.grpo.beta > 0 or cfg.grpo.log_kl
-    ref_model = load_policy(ctx.inputs["policy"], ctx)[0].eval() if wants_ref else None
+    ref_model = load_policy(ctx.inputs["policy"], ctx, which=cfg.model)[0].eval() if wants_ref else None
     per_source = [_prompts(p, ctx) for p in cfg.prompts]
     for src, rows in zip(cfg.prompts, per_source):
         ctx.tracker.log_dataset(f"prompts/{src.source}", rows, context="training", source=src.source)
@@ -134,8 +134,9 @@ def run(ctx: StageContext) -> None:
     final = train_grpo(model, tokenizer, prompts, reward_fns, cfg.grpo, recorded, engine=engine,
                        ref_model=ref_model, on_step=on_step, checkpoints=ctx.checkpointer())
     save_policy(model, tokenizer, ctx)
-    end, end_scores = evaluate(ctx, model, tokenizer, cfg.template, step=cfg.grpo.steps)
-    recorded.history.append((cfg.grpo.steps, end))
+    steps = int(final["steps"])  # fewer than cfg.grpo.steps when max_train_flops stopped it
+    end, end_scores = evaluate(ctx, model, tokenizer, cfg.template, step=steps)
+    recorded.history.append((steps, end))
     png = plot_curves(recorded.history, ctx.workdir / "curves.png", f"{ctx.spec.stage} (GRPO)")
     if png is not None:
         ctx.tracker.log_artifact(str(png), "plots")
@@ -145,6 +146,6 @@ def run(ctx: StageContext) -> None:
             gain, stderr = paired_gain(start_scores[bench], scores, which)
             gains[f"eval_gain/{bench}/{label}"] = gain
             gains[f"eval_gain/{bench}/{label}_stderr"] = stderr
-    ctx.tracker.log_metrics(gains, cfg.grpo.steps)
+    ctx.tracker.log_metrics(gains, steps)
     ctx.write_json("train.json", {**{k: v for k, v in final.items() if isinstance(v, (int, float))},
                                   "eval_start": start, "eval_end": end, "gains": gains})

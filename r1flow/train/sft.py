@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from r1flow.checkpoint import Checkpointer
+from r1flow.flops import compute_params, sft_flops
 from r1flow.tracking import NullTracker, Tracker
 
 IGNORE = -100
@@ -227,6 +228,7 @@ def train_sft(
     model.train()
     start = window_start = time.perf_counter()
     window_losses, window_tokens, all_losses, tokens_seen, first = [], 0, [], 0, 0
+    n_compute = compute_params(model)
     final_window = float("nan")
     restored = checkpoints.restore(model=model, optimizer=optimizer, scheduler=scheduler) if checkpoints else None
     if restored is not None:
@@ -261,6 +263,7 @@ def train_sft(
                 "tokens_per_s": window_tokens / max(elapsed, 1e-9),
                 "grad_norm": float(grad_norm),
                 "epoch": step / per_epoch,
+                "train_flops": sft_flops(n_compute, tokens_seen),
             }
             tracker.log_metrics(metrics, step + 1)
             tracker.progress(step + 1, steps, phase="SFT", loss=round(metrics["loss"], 4))
@@ -278,5 +281,6 @@ def train_sft(
         "mean_loss": sum(all_losses) / len(all_losses),
         "steps": float(steps),
         "tokens": float(tokens_seen),
+        "train_flops": sft_flops(n_compute, tokens_seen),
         "runtime_s": time.perf_counter() - start,
     }

@@ -1,8 +1,10 @@
 """Training compute, so that "comparable compute" (paper Table 6: distillation vs. RL on the same
-small model) is a number fixed before the runs.
+small model) is a number fixed before the runs. The SFT and GRPO trainers log it as the metric
+``train_flops`` (cumulative), and GRPO can stop at a budget of it (``GRPOParams.max_train_flops``).
 
 The usual transformer estimate (Kaplan et al. 2020, §2.1): a forward pass costs 2·N FLOPs per
-token and a backward pass 4·N, with N the non-embedding parameter count. So SFT costs
+token and a backward pass 4·N, with N the parameters that compute (``compute_params``: all but
+the input embedding table, whose lookup costs nothing; a tied LM head counts). So SFT costs
 6·N·(trained tokens), and a GRPO step (paper §2.2.1) costs
 
 - generation: 2·N per prompt token (prefill) and per generated token, for every sample;
@@ -16,6 +18,18 @@ Attention's sequence-length term is left out: at these lengths (≤ 100 tokens) 
 from __future__ import annotations
 
 
+def compute_params(model) -> int:
+    """N: the model's distinct parameters, less an input embedding table not shared with the head."""
+    seen, total = set(), 0
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel()
+    embed, head = model.get_input_embeddings(), model.get_output_embeddings()
+    tied = head is not None and head.weight is embed.weight
+    return total if tied else total - embed.weight.numel()
+
+
 def sft_flops(params: int, tokens: int) -> float:
     """6·N·T: forward and backward over every token trained on (all epochs counted in ``tokens``).
 
@@ -26,9 +40,10 @@ def sft_flops(params: int, tokens: int) -> float:
 
 
 def grpo_step_flops(params: int, prompt_tokens: int, completion_tokens: int, *, mu: int = 1,
-                    reference: bool = True) -> float:
+                    reference: bool = True, old_policy: bool | None = None) -> float:
     """One GRPO step over a rollout batch whose sequences hold ``prompt_tokens`` prompt tokens and
-    ``completion_tokens`` generated tokens in all.
+    ``completion_tokens`` generated tokens in all. ``old_policy``: whether old log-probs take a
+    forward of their own (default: ``mu`` > 1; the trainer also needs it with several minibatches).
 
     >>> grpo_step_flops(1_000, 100, 300, mu=1, reference=True)  # 2N·400 + 6N·400 + 2N·400
     4000000.0
@@ -36,7 +51,7 @@ def grpo_step_flops(params: int, prompt_tokens: int, completion_tokens: int, *, 
     tokens = prompt_tokens + completion_tokens
     generation = 2.0 * params * tokens
     update = 6.0 * params * tokens * mu
-    extra_forwards = (mu > 1) + bool(reference)
+    extra_forwards = (mu > 1 if old_policy is None else old_policy) + bool(reference)
     return generation + update + 2.0 * params * tokens * extra_forwards
 
 
