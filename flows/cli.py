@@ -241,7 +241,7 @@ def compare(names: list[str] = typer.Argument(..., help="two or more pipeline ru
 @app.command()
 def findings(quick: bool = typer.Option(False, "--quick", help="micro preset: checks the flow, not the claims"),
              name: str = typer.Option("findings", "--name", "-n")):
-    """Reproduce the paper's findings at tiny scale over the fixed seeds; writes a report (in progress: claims 1-2)."""
+    """Reproduce the paper's five findings at tiny scale over the fixed seeds; writes a report with verdicts."""
     _setup_env()
     from flows.experiments import findings as flow_fn
 

@@ -1,107 +1,136 @@
-"""The paper's findings at tiny scale, as one flow anyone can rerun (issue 7; in progress).
+"""The paper's findings at tiny scale, as one flow anyone can rerun (issue 7).
 
-Every arm runs once per seed of ``configs/experiments/findings.yaml`` (seeds and thresholds are
-fixed there before the runs), all in the MLflow experiment ``r1flow-findings``; the flow writes
-``report.md`` and curve PNGs and logs them to a run of that experiment. Claims so far:
+Per seed of ``configs/experiments/findings.yaml`` (seeds, thresholds and the compute rule are fixed
+there before the runs) five arms share one base, pretrained on a corpus whose worked chains partly
+code-switch between English and Chinese (``r1flow.experiments.report`` describes the arms):
 
-1. R1-Zero (paper Table 2, Figures 2–3): GRPO from the base alone raises held-out pass@1; held-out
-   accuracy and mean response length against steps.
-2. Majority voting: cons@k ≥ pass@1 (the R1-Zero models, every seed).
+1. ``zero``: the ``r1-zero`` flow — claims 1 (R1-Zero, Table 2, Figures 2–3) and 2 (cons@k ≥ pass@1);
+2. ``language``: the same with the language-consistency reward — claim 4 (§2.3.2);
+3. ``cold``: base → R1-Zero → cold start → GRPO with ``zero``'s settings → rejection sampling →
+   distillation of the student (the ``r1-findings-arm`` flow) — claims 3 (§2.3.1) and 5;
+4. ``student_rl``: GRPO of the student from its base until it has spent the distillation's training
+   FLOPs (``grpo.max_train_flops``) — claim 5 (Table 6).
 
-Claims 3–5 (cold start, language consistency, distillation vs RL) are listed in the report as
-not run yet. ``--quick`` runs the ``micro`` preset: it checks the flow end to end at CI size,
-and its verdicts say nothing about the paper.
+Stages shared between arms are cache hits (same config section, same inputs). Everything lands in
+the MLflow experiment ``r1flow-findings``; ``report.md`` and the curve PNGs are logged to a run of it.
+``--quick`` runs the ``micro`` preset: it checks the flow end to end at CI size, and its verdicts
+say nothing about the paper.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from prefect import flow
 
 from flows.compare import histories
 from flows.pipeline import r1_zero
+from flows.run import PipelineRun
 from r1flow import mlflow_runs
-from r1flow.config import load_config
-from r1flow.experiments.claims import Verdict, beats, mean_std
+from r1flow.config import load_config, resolve
 from r1flow.experiments.config import DEFAULT, FindingsConfig, load_findings
+from r1flow.experiments.report import BENCH, METRICS, Arm, eval_key, render, verdicts
 from r1flow.plots import plot_overlay
 from r1flow.runtime import Runtime
 
 EXPERIMENT = "r1flow-findings"
-NOT_RUN = ("3. cold start (§2.3.1): fewer RL steps to a target accuracy, better format",
-           "4. language consistency (§2.3.2): less mixed-language CoT at a small accuracy cost",
-           "5. distillation beats RL for the small model at comparable compute (Table 6)")
-CURVES = (("held-out pass@1", "eval/arith_heldout/pass_at_1"), ("accuracy reward (training)", "reward/accuracy/mean"),
-          ("response length (tokens)", "response_length/mean"))
+COLD_ARM = ("base", "r1_zero", "cold_start", "reasoning_rl", "rejection_sampling", "distill")
+CURVES = {  # file: (title, panels, arms drawn)
+    "r1_zero_curves.png": ("R1-Zero: held-out accuracy, training accuracy and length vs step",
+                           (("held-out pass@1", eval_key("pass_at_1")), ("accuracy reward (training)",
+                            "reward/accuracy/mean"), ("response length (tokens)", "response_length/mean")), ("zero",)),
+    "cold_start_curves.png": ("RL from the base vs RL after cold start", (
+        ("held-out pass@1", eval_key("pass_at_1")), ("held-out format rate", eval_key("format_rate")),
+        ("held-out mixed-language rate", eval_key("mixed_language_rate"))), ("zero", "cold")),
+    "language_curves.png": ("GRPO without and with the language reward", (
+        ("held-out pass@1", eval_key("pass_at_1")), ("held-out mixed-language rate", eval_key("mixed_language_rate")),
+        ("language reward (training)", "reward/language/mean")), ("zero", "language")),
+}
+KEYS = tuple(sorted({key for _, panels, _ in CURVES.values() for _, key in panels} | {eval_key(m) for m in METRICS}))
 
 
-def seed_config(preset: str, seed: int, eval_every: int) -> dict[str, Any]:
-    sets = [f"seed={seed}", f"tracking.experiment={EXPERIMENT}", f"r1_zero.eval_every={eval_every}"]
-    return load_config(preset, sets=sets).model_dump(mode="json")
+@flow(name="r1-findings-arm")
+def cold_start_arm(config: dict[str, Any], name: str) -> dict:
+    """Base → R1-Zero → cold start (§2.3.1) → GRPO → rejection sampling → distilled student."""
+    with PipelineRun(resolve(config), name, flow="r1-findings-arm", stages=COLD_ARM, allow_config_change=True) as run:
+        base = run.stage("base")
+        zero = run.stage("r1_zero", policy=base)
+        cold = run.stage("cold_start", base=base, zero=zero)
+        reasoner = run.stage("reasoning_rl", policy=cold)
+        data = run.stage("rejection_sampling", policy=reasoner)
+        run.stage("distill", base=base, data=data)
+    return run.summary()
 
 
-def r1_zero_arm(tracking_uri: str, parent_run_id: str, k: int) -> dict[str, Any]:
-    """What claims 1–2 read from one seed's R1-Zero run: pass@1 at step 0 (the base) and at the
-    end, cons@k at the end, and the curves."""
+def arm_configs(preset: str, seed: int, spec: FindingsConfig, eval_every: int) -> dict[str, dict[str, Any]]:
+    """The arms' pipeline configs for one seed: identical but for what each arm tests."""
+    sets = [f"seed={seed}", f"tracking.experiment={EXPERIMENT}", f"r1_zero.eval_every={eval_every}",
+            f"base.corpus.mix.mixed_language={spec.mixed_language}"]
+    zero = load_config(preset, sets=sets).model_dump(mode="json")
+    language = copy.deepcopy(zero)
+    weight = next((r["weight"] for p in zero["reasoning_rl"]["prompts"] for r in p["rewards"]
+                   if r["name"] == "language"), 0.1)  # the recipe's own weight for it
+    for source in language["r1_zero"]["prompts"]:
+        source["rewards"].append({"name": "language", "weight": weight, "params": {}})
+    cold = copy.deepcopy(zero)
+    cold["reasoning_rl"].update(grpo=copy.deepcopy(zero["r1_zero"]["grpo"]), eval_every=eval_every,
+                                prompts=copy.deepcopy(zero["r1_zero"]["prompts"]))
+    return {"zero": zero, "language": language, "cold": cold}
+
+
+def stage_arm(tracking_uri: str, parent_run_id: str, stage: str) -> Arm:
+    """An arm read back from MLflow: the stage run its parent run points to."""
     client = mlflow_runs.client(tracking_uri)
-    run_id = client.get_run(parent_run_id).data.tags["r1flow.stage.r1_zero.run"]
-    history = histories(tracking_uri, run_id, tuple(key for _, key in CURVES))
-    accuracy = [metrics[CURVES[0][1]] for _, metrics in history if CURVES[0][1] in metrics]
-    final = client.get_run(run_id).data.metrics
-    return {"start": accuracy[0], "end": accuracy[-1], "cons": final[f"eval/arith_heldout/cons_at_{k}"],
-            "history": history}
+    run_id = client.get_run(parent_run_id).data.tags[f"r1flow.stage.{stage}.run"]
+    final = dict(client.get_run(run_id).data.metrics)
+    keys = set(KEYS) | {key for key in final if key.startswith(f"eval/{BENCH}/")}
+    return Arm(histories(tracking_uri, run_id, tuple(sorted(keys))), final)
 
 
-def render_report(spec: FindingsConfig, preset: str, arms: dict[int, dict[str, Any]], verdicts: list[Verdict],
-                  k: int, quick: bool) -> str:
-    def cell(key: str) -> str:
-        mean, std = mean_std([arm[key] for arm in arms.values()])
-        return f"{mean:.3f} ± {std:.3f}"
-
-    lines = [f"# DeepSeek-R1 findings at tiny scale ({preset} preset, seeds {spec.seeds})", ""]
-    if quick:
-        lines += ["**--quick run: the micro preset checks the flow, its verdicts say nothing about the paper.**", ""]
-    lines += ["| held-out (mean ± std over seeds) | value |", "|---|---|",
-              f"| base pass@1 (R1-Zero step 0) | {cell('start')} |", f"| R1-Zero pass@1 (end) | {cell('end')} |",
-              f"| R1-Zero cons@{k} (end) | {cell('cons')} |", "", "## Verdicts", ""]
-    lines += [f"- {v.line()}" for v in verdicts]
-    lines += ["", "## Not run yet", "", *[f"- {claim}" for claim in NOT_RUN], "",
-              "Regenerate: `r1flow findings" + (" --quick" if quick else "") + "`; thresholds and seeds: "
-              "`configs/experiments/findings.yaml`.", "", "![R1-Zero curves](r1_zero_curves.png)"]
-    return "\n".join(lines) + "\n"
+def run_seed(preset: str, seed: int, spec: FindingsConfig, name: str, eval_every: int) -> dict[str, Arm]:
+    configs = arm_configs(preset, seed, spec, eval_every)
+    zero = r1_zero(config=configs["zero"], name=f"{name}-r1-zero-s{seed}", allow_config_change=True)
+    language = r1_zero(config=configs["language"], name=f"{name}-language-s{seed}", allow_config_change=True)
+    cold = cold_start_arm(config=configs["cold"], name=f"{name}-cold-start-s{seed}")
+    arms = {"zero": stage_arm(zero["tracking_uri"], zero["mlflow_parent_run"], "r1_zero"),
+            "language": stage_arm(language["tracking_uri"], language["mlflow_parent_run"], "r1_zero"),
+            "cold": stage_arm(cold["tracking_uri"], cold["mlflow_parent_run"], "reasoning_rl"),
+            "distill": stage_arm(cold["tracking_uri"], cold["mlflow_parent_run"], "distill")}
+    student = copy.deepcopy(configs["zero"])  # R1-Zero's GRPO on the student, stopped at distillation's FLOPs
+    student["r1_zero"].update(model="student", eval_every=0)
+    student["r1_zero"]["grpo"].update(max_train_flops=arms["distill"].flops, steps=100 * student["r1_zero"]["grpo"]["steps"])
+    rl = r1_zero(config=student, name=f"{name}-student-rl-s{seed}", allow_config_change=True)
+    arms["student_rl"] = stage_arm(rl["tracking_uri"], rl["mlflow_parent_run"], "r1_zero")
+    return arms
 
 
 @flow(name="r1-findings")
 def findings(quick: bool = False, name: str = "findings", spec_path: str = str(DEFAULT)) -> dict:
     spec = load_findings(spec_path)
     preset = spec.quick_preset if quick else spec.preset
-    runtime = Runtime(experiment=EXPERIMENT)
-    arms: dict[int, dict[str, Any]] = {}
-    for seed in spec.seeds:
-        config = seed_config(preset, seed, eval_every=1 if quick else 40)
-        summary = r1_zero(config=config, name=f"{name}-r1-zero-s{seed}")
-        arms[seed] = r1_zero_arm(summary["tracking_uri"], summary["mlflow_parent_run"], config["evaluate"]["k"])
-    k = config["evaluate"]["k"]
-    seeds = list(arms)
-    verdicts = [beats("1. R1-Zero raises held-out pass@1 over the base", [arms[s]["end"] for s in seeds],
-                      [arms[s]["start"] for s in seeds], spec.thresholds.r1_zero_gain),
-                beats(f"2. cons@{k} ≥ pass@1", [arms[s]["cons"] for s in seeds], [arms[s]["end"] for s in seeds],
-                      spec.thresholds.cons_over_pass)]
-    out = runtime.home / "findings" / name
+    eval_every = 1 if quick else 40
+    arms = {seed: run_seed(preset, seed, spec, name, eval_every) for seed in spec.seeds}
+    config = load_config(preset)
+    k, horizon = config.evaluate.k, config.r1_zero.grpo.steps
+    found = verdicts(spec, arms, k, horizon)
+    out = Runtime(experiment=EXPERIMENT).home / "findings" / name
     out.mkdir(parents=True, exist_ok=True)
+    plots = []
+    for file, (title, panels, drawn) in CURVES.items():
+        lines = {f"{arm} s{seed}": by_arm[arm].history for seed, by_arm in arms.items() for arm in drawn}
+        if plot_overlay(lines, out / file, f"{title} ({preset})", panels=panels):
+            plots.append(file)
     report = out / "report.md"
-    report.write_text(render_report(spec, preset, arms, verdicts, k, quick))
-    files = [report]
-    png = plot_overlay({f"seed {s}": arms[s]["history"] for s in seeds}, out / "r1_zero_curves.png",
-                       f"R1-Zero ({preset}): held-out accuracy, training accuracy, length vs step", panels=CURVES)
-    files += [png] if png else []
+    report.write_text(render(spec, preset, arms, found, k, horizon, quick, plots))
+    runtime = Runtime(experiment=EXPERIMENT)
     run_id = mlflow_runs.start_run(runtime.tracking_uri, runtime.experiment_id(), f"{name} report",
                                    tags={"r1flow.findings": name, "r1flow.quick": str(quick)})
     client = mlflow_runs.client(runtime.tracking_uri)
-    for path in files:
+    for path in [report, *(out / p for p in plots)]:
         client.log_artifact(run_id, str(path), artifact_path="report")
     mlflow_runs.log_params(runtime.tracking_uri, run_id, mlflow_runs.flatten(spec.model_dump(mode="json")))
+    for v in found:  # verdict/1 … verdict/5: 1.0 reproduced, 0.0 not
+        client.log_metric(run_id, f"verdict/{v.claim.split('.')[0]}", float(v.holds))
     mlflow_runs.end_run(runtime.tracking_uri, run_id)
-    return {"report": str(report), "mlflow_run": run_id, "verdicts": [v.line() for v in verdicts]}
-
+    return {"report": str(report), "mlflow_run": run_id, "verdicts": [v.line() for v in found]}

@@ -29,6 +29,8 @@ class FindingsConfig(BaseModel):
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1, description="each arm, each seed")
     preset: str = Field("tiny", description="the pipeline preset the arms start from")
     quick_preset: str = Field("micro", description="--quick: CI-size check of the flow, not of the claims")
+    mixed_language: float = Field(0.3, ge=0, le=1, description="share of the base corpus's worked chains "
+                                  "that code-switch English/Chinese (claim 4 needs a second language to mix)")
     compute_tolerance: float = Field(0.10, gt=0, lt=1, description="student training FLOPs of distillation and "
                                      "RL within this relative distance (r1flow.flops)")
     thresholds: Thresholds = Field(default_factory=Thresholds)
