@@ -113,7 +113,8 @@ class RewardSpec(Section):
 class PromptSource(Section):
     """A prompt set for RL, each with its own reward functions (paper §2.3.4)."""
 
-    source: str = Field("arith", description="'arith', 'nonreasoning' or a JSONL file (question, answer)")
+    source: str = Field("arith", description="'arith', 'nonreasoning' or a problem file: 'gsm8k=PATH', "
+                        "'math500=PATH' or a question/answer JSONL")
     num_prompts: int = Field(2000, gt=0, description="prompts drawn from the source")
     weight: float = Field(1.0, gt=0, description="share of each rollout batch")
     rewards: list[RewardSpec] = Field(default_factory=lambda: [RewardSpec(name="accuracy"),
@@ -147,6 +148,8 @@ class ColdStartConfig(Checkpointed):
 
     sources: list[str] = Field(default_factory=lambda: ["r1_zero"],
                                description="'r1_zero' (sample the R1-Zero model) or JSONL files")
+    prompts: str = Field("arith", description="problems to sample: 'arith' (synthetic) or a problem file, "
+                         "'gsm8k=PATH', 'math500=PATH' or a question/answer JSONL")
     num_prompts: int = Field(500, gt=0, description="prompts sampled from the R1-Zero model")
     samples_per_prompt: int = Field(4, gt=0, description="samples per prompt from the R1-Zero model")
     temperature: float = Field(0.8, gt=0, description="sampling temperature for those samples")
@@ -159,6 +162,8 @@ class RejectionConfig(StageSection):
     """Stage 3 (§2.3.3): k samples per prompt from the RL checkpoint, keep correct and clean."""
 
     cache_exclude: ClassVar[set[str]] = StageSection.cache_exclude | {"checkpoint_chunks"}
+    prompts: str = Field("arith", description="problems to sample: 'arith' (synthetic) or a problem file, "
+                         "'gsm8k=PATH', 'math500=PATH' or a question/answer JSONL")
     num_prompts: int = Field(500, gt=0, description="reasoning prompts")
     samples_per_prompt: int = Field(4, gt=0, description="k samples per prompt")
     chunk_prompts: int = Field(32, gt=0, description="prompts per chunk; chunk i is seeded seed + i")
@@ -240,7 +245,8 @@ class PipelineConfig(BaseModel):
     seed: int = Field(0, description="global seed")
     threads: int = Field(2, gt=0, description="torch threads per stage process")
     device: Literal["cpu", "cuda", "auto"] = Field("cpu", description="where stages run")
-    dtype: Literal["float32", "bfloat16"] = Field("float32", description="training dtype")
+    dtype: Literal["float32", "bfloat16"] = Field("float32", description="compute dtype: bfloat16 = mixed "
+                                                  "precision (fp32 weights and optimizer, bf16 matmuls)")
     store: StoreConfig = Field(default_factory=StoreConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     evaluate: EvalConfig = Field(default_factory=EvalConfig)

@@ -23,8 +23,11 @@ def preflight(config: PipelineConfig, store_root: str, stages: tuple[str, ...] |
             raise ConfigError(f"{role}.source: model path does not exist: {src.source}")
     for stage in {"r1_zero", "reasoning_rl", "final_rl"} & set(stages):
         for i, p in enumerate(config.section(stage).prompts):
-            if p.source not in BUILTIN_SOURCES:
-                _check_file(f"{stage}.prompts.{i}.source", p.source, {"question": str, "answer": str})
+            _check_problems(f"{stage}.prompts.{i}.source", p.source)
+    if "cold_start" in stages and "r1_zero" in config.cold_start.sources:
+        _check_problems("cold_start.prompts", config.cold_start.prompts)
+    if "rejection_sampling" in stages:
+        _check_problems("rejection_sampling.prompts", config.rejection_sampling.prompts)
     for i, src in enumerate(config.cold_start.sources if "cold_start" in stages else []):
         if src not in BUILTIN_SOURCES:
             _check_file(f"cold_start.sources.{i}", src, {"question": str, "answer": str, "completion": str})
@@ -46,6 +49,16 @@ def preflight(config: PipelineConfig, store_root: str, stages: tuple[str, ...] |
 
 def _is_path(source: str) -> bool:
     return source.startswith((".", "/", "~")) or Path(source).exists() or source.count("/") != 1
+
+
+def _check_problems(field: str, source: str) -> None:
+    """A problem file (``gsm8k=PATH``, ``math500=PATH``, question/answer JSONL) parses; built-ins pass."""
+    if source in BUILTIN_SOURCES:
+        return
+    try:
+        load_benchmark(source)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{field}: {source!r}: {exc}") from None
 
 
 def _check_file(field: str, path: str, required: dict) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 
 import pytest
@@ -300,3 +301,22 @@ def test_rewards_of_other_sources_are_nan_and_left_out_of_their_mean():
     assert scores.total.tolist() == [1.0, 0.0, 1.0, 2.0]
     metrics = reward_metrics(scores)
     assert metrics["reward/math/mean"] == 0.5 and metrics["reward/judge/mean"] == 3.0
+
+
+def test_bfloat16_mixed_precision_trains_fp32_weights_with_bf16_matmuls(tok):
+    """``dtype: bfloat16`` (the GPU presets): the stage runs under autocast; weights and optimizer
+    stay fp32, the forward's matmuls are bf16, and GRPO still learns on this toy reward."""
+    from r1flow.stages.runner import mixed_precision
+
+    model, tracker = model_for(tok), ListTracker()
+    seen = []
+    hook = model.lm_head.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+    with mixed_precision({"dtype": "bfloat16", "device": "cpu"}):
+        train_grpo(model, tok, PROMPTS, A_REWARD, GRPOParams(steps=3, prompts_per_step=2, group_size=4,
+                                                             max_new_tokens=5, lr=1e-3), tracker)
+    hook.remove()
+    assert seen and set(seen) == {torch.bfloat16}
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert all(math.isfinite(m["loss"]) for _, m in tracker.history)
+    with mixed_precision({"dtype": "float32", "device": "cpu"}):
+        assert model.lm_head(torch.zeros(1, ARCH.hidden_size)).dtype == torch.float32

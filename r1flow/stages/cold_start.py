@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from r1flow.config import ColdStartConfig
-from r1flow.stages.common import (arith_task, eval_questions, evaluate, load_policy, sample_rows,
+from r1flow.stages.common import (eval_questions, evaluate, load_policy, problems, sample_rows,
                                   sampling_engine, save_policy, write_dataset)
 from r1flow.stages.runner import StageContext
 
@@ -31,10 +31,11 @@ def check(ctx: StageContext) -> None:
             read_jsonl(src, SOURCE_FIELDS)
     if "base" not in ctx.inputs:
         raise ValueError("stage cold_start needs input 'base'")
+    if "r1_zero" in ctx.config.sources and ctx.config.prompts != "arith":
+        problems(ctx, ctx.config.prompts, 1, 0)  # a missing or malformed file fails here, named
 
 
 def run(ctx: StageContext) -> None:
-    from r1flow.data.arith import rl_prompts
     from r1flow.data.curate import SOURCE_FIELDS, curate
     from r1flow.data.io import read_jsonl
     from r1flow.train.sft import train_sft
@@ -46,8 +47,8 @@ def run(ctx: StageContext) -> None:
         start = len(rows)
         if src == "r1_zero":
             zero, tok = load_policy(ctx.inputs["zero"], ctx)
-            problems = [p.row() for p in rl_prompts(cfg.num_prompts, seed + 101, arith_task(ctx))]
-            rows += sample_rows(zero, tok, problems, template="r1_zero", k=cfg.samples_per_prompt,
+            prompts = problems(ctx, cfg.prompts, cfg.num_prompts, seed + 101)
+            rows += sample_rows(zero, tok, prompts, template="r1_zero", k=cfg.samples_per_prompt,
                                 temperature=cfg.temperature, top_p=1.0,
                                 max_new_tokens=cfg.max_new_tokens, seed=seed, engine=sampling_engine(ctx))
             del zero

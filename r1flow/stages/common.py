@@ -69,6 +69,20 @@ def arith_task(ctx: StageContext):
     return TaskParams.model_validate(ctx.runtime.get("task", {}))
 
 
+def problems(ctx: StageContext, source: str, n: int, seed: int) -> list[dict[str, str]]:
+    """Problems ``{"id", "question", "answer"}`` to sample or train on: ``"arith"`` draws ``n`` fresh
+    synthetic ones with ``seed`` (held-out problems excluded); a problem file — ``gsm8k=PATH``,
+    ``math500=PATH`` or a JSONL of question/answer (``r1flow.data.benchmarks``) — gives its first
+    ``n`` rows, gold answers normalized as for evaluation (GSM8K's ``#### 42`` becomes ``42``)."""
+    if source == "arith":
+        from r1flow.data.arith import rl_prompts
+
+        return [p.row() for p in rl_prompts(n, seed, arith_task(ctx))]
+    from r1flow.data.benchmarks import load_benchmark
+
+    return load_benchmark(source)[:n]
+
+
 def evaluate(ctx: StageContext, model, tokenizer, template: str, *, step: int = 0,
              name: str = "eval", write: bool = True) -> tuple[dict[str, float], dict[str, dict]]:
     """Paper §3 evaluation on every configured benchmark; logs ``eval/<bench>/<metric>`` at ``step``.

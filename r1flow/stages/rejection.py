@@ -10,7 +10,7 @@ does for simple queries); write the SFT dataset and log how many rows each filte
 from __future__ import annotations
 
 from r1flow.config import RejectionConfig
-from r1flow.stages.common import arith_task, load_policy, sample_rows, sampling_engine, write_dataset
+from r1flow.stages.common import load_policy, problems, sample_rows, sampling_engine, write_dataset
 from r1flow.stages.runner import StageContext
 
 Config = RejectionConfig
@@ -19,10 +19,11 @@ Config = RejectionConfig
 def check(ctx: StageContext) -> None:
     if "policy" not in ctx.inputs:
         raise ValueError("stage rejection_sampling needs input 'policy'")
+    if ctx.config.prompts != "arith":
+        problems(ctx, ctx.config.prompts, 1, 0)  # a missing or malformed file fails here, named
 
 
 def run(ctx: StageContext) -> None:
-    from r1flow.data.arith import rl_prompts
     from r1flow.data.curate import mix_non_reasoning, rejection_filter
     from r1flow.data.preferences import load_nonreasoning
     from r1flow.templates import render_prompt
@@ -30,10 +31,10 @@ def run(ctx: StageContext) -> None:
     cfg: RejectionConfig = ctx.config
     seed = int(ctx.runtime.get("seed", 0))
     model, tokenizer = load_policy(ctx.inputs["policy"], ctx)
-    problems = [p.row() for p in rl_prompts(cfg.num_prompts, seed + 202, arith_task(ctx))]
-    ctx.tracker.log_dataset("prompts/arith", problems, context="generation", source="arith")
+    prompts = problems(ctx, cfg.prompts, cfg.num_prompts, seed + 202)
+    ctx.tracker.log_dataset("prompts", prompts, context="generation", source=cfg.prompts)
     chunks = ctx.chunk_log() if cfg.checkpoint_chunks else None
-    samples = sample_rows(model, tokenizer, problems, template="r1", k=cfg.samples_per_prompt,
+    samples = sample_rows(model, tokenizer, prompts, template="r1", k=cfg.samples_per_prompt,
                           temperature=cfg.temperature, top_p=cfg.top_p,
                           max_new_tokens=cfg.max_new_tokens, seed=seed, engine=sampling_engine(ctx),
                           chunk_prompts=cfg.chunk_prompts, chunks=chunks, on_chunk=ctx.fault_point)

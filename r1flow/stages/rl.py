@@ -15,7 +15,7 @@ from types import SimpleNamespace
 from typing import Any, Callable
 
 from r1flow.config import PromptSource, RewardSpec, RLConfig
-from r1flow.stages.common import arith_task, evaluate, load_policy, paired_gain, save_policy
+from r1flow.stages.common import evaluate, load_policy, paired_gain, problems, save_policy
 from r1flow.stages.runner import StageContext
 
 Config = RLConfig
@@ -32,17 +32,13 @@ def check(ctx: StageContext) -> None:
 
 
 def _prompts(src: PromptSource, ctx: StageContext) -> list[dict[str, str]]:
-    from r1flow.data.arith import rl_prompts
-    from r1flow.data.io import read_jsonl
     from r1flow.data.preferences import load_nonreasoning
 
     seed = int(ctx.runtime.get("seed", 0))
-    if src.source == "arith":
-        rows = [p.row() for p in rl_prompts(src.num_prompts, seed + 303, arith_task(ctx))]
-    elif src.source == "nonreasoning":
+    if src.source == "nonreasoning":
         rows = [{"question": r["prompt"], "answer": ""} for r in load_nonreasoning()][: src.num_prompts]
     else:
-        rows = read_jsonl(src.source, {"question": str, "answer": str})[: src.num_prompts]
+        rows = problems(ctx, src.source, src.num_prompts, seed + 303)
     return [{"question": r["question"], "gold": str(r["answer"]), "source": src.source} for r in rows]
 
 

@@ -145,6 +145,21 @@ def _refusals() -> Iterator[None]:
         raise UserError(str(exc)) from exc
 
 
+def mixed_precision(runtime: dict[str, Any]):
+    """``dtype: bfloat16``: fp32 weights, gradients and optimizer state, bf16 matmuls
+    (``torch.autocast`` on the stage's device; softmax and log-probs stay fp32 under its rules).
+    ``float32``: nothing changes."""
+    import contextlib
+
+    import torch
+
+    if runtime.get("dtype", "float32") == "float32":
+        return contextlib.nullcontext()
+    device = runtime.get("device", "cpu")
+    kind = "cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu"
+    return torch.autocast(kind, dtype=torch.bfloat16)
+
+
 def run_spec(spec: StageSpec, rank: int = 0) -> ArtifactRef | None:
     """Run one stage in this process; returns the published ref (rank 0) or None."""
     from r1flow.stages import load_stage
@@ -171,7 +186,8 @@ def run_spec(spec: StageSpec, rank: int = 0) -> ArtifactRef | None:
     try:
         with _refusals():
             stage.check(ctx)  # cheap input checks before the expensive part
-        stage.run(ctx)
+        with mixed_precision(spec.runtime):
+            stage.run(ctx)
         if rank != 0:
             return None
         if inner is not None:
