@@ -146,6 +146,24 @@ def test_shared_prefix_shortcut_gives_the_same_loss_and_gradients(data):
         assert all(torch.allclose(x, y, atol=1e-6) for x, y in zip(g0, g1))
 
 
+def test_micro_batches_accumulate_the_full_batch_gradient(data):
+    """Rows of unequal label counts (a bare completion among templated ones) in micro-batches of 3:
+    same loss and gradient as the whole batch at once (each micro-batch weighted by its labels)."""
+    from r1flow.train.sft import accumulate
+
+    examples, tok = data
+    rows = encode(examples[:5] + [{"prompt": "", "completion": "7 plus 5 is 12."}] + examples[5:8], tok, 512, True)
+    results = []
+    for micro in (0, 3, 1):
+        model = fresh_model(tok)
+        value, seen = accumulate(model, rows, tok.pad_token_id, SFTParams(micro_batch_size=micro, min_shared_prefix=0))
+        results.append((value, seen, [p.grad.clone() for p in model.parameters()]))
+    (v0, s0, g0) = results[0]
+    for value, seen, grads in results[1:]:
+        assert seen == s0 and value == pytest.approx(v0, rel=1e-5)
+        assert all(torch.allclose(x, y, atol=1e-6) for x, y in zip(g0, grads))
+
+
 def test_learning_rate_schedule():
     # 10 steps, 2 warmup: 0.5, 1.0, then cosine over the 8 remaining steps down to min_ratio
     assert [lr_factor(s, 10, 2, "cosine", 0.0) for s in (0, 1)] == [0.5, 1.0]

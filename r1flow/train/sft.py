@@ -43,6 +43,8 @@ class SFTParams(BaseModel):
     epochs: float = Field(1.0, gt=0, description="passes over the examples (ignored if max_steps > 0)")
     max_steps: int = Field(0, ge=0, description="optimizer steps; 0 means use epochs")
     batch_size: int = Field(16, gt=0, description="examples per optimizer step")
+    micro_batch_size: int = Field(0, ge=0, description="examples per forward/backward, gradients accumulated "
+                                  "to the same step (memory bound; 0: the whole batch at once)")
     max_len: int = Field(256, gt=1, description="tokens per example after truncation")
     warmup_ratio: float = Field(0.05, ge=0, le=1, description="share of steps with linear warmup")
     schedule: str = Field("cosine", pattern="^(cosine|constant)$", description="decay after warmup")
@@ -186,6 +188,22 @@ def batch_loss(model, batch: dict[str, torch.Tensor], min_shared_prefix: int = 0
     return total / max(count, 1), count
 
 
+def accumulate(model, rows: list[dict], pad_id: int, params: SFTParams) -> tuple[float, int]:
+    """Forward/backward one optimizer step's rows in micro-batches; each micro-batch's summed loss is
+    divided by the whole step's label count, so the gradient equals the full batch's. Returns the
+    step's mean loss and its tokens (attention mask)."""
+    size = params.micro_batch_size or len(rows)
+    batches = [collate(rows[i:i + size], pad_id) for i in range(0, len(rows), size)]
+    labelled = max(sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in batches), 1)
+    value = 0.0
+    for batch in batches:
+        loss, count = batch_loss(model, batch, params.min_shared_prefix)
+        share = loss * (count / labelled)
+        share.backward()
+        value += share.item()
+    return value, sum(int(b["attention_mask"].sum()) for b in batches)
+
+
 def total_steps(n_examples: int, params: SFTParams) -> int:
     if params.max_steps:
         return params.max_steps
@@ -241,18 +259,14 @@ def train_sft(
         if batch_in_epoch == 0 or step == first:
             order = epoch_order(len(encoded), params.seed, epoch)
         picked = order[batch_in_epoch * params.batch_size : (batch_in_epoch + 1) * params.batch_size]
-        batch = collate([encoded[i] for i in picked], pad_id)
-        loss, _ = batch_loss(model, batch, params.min_shared_prefix)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        value, seen = accumulate(model, [encoded[i] for i in picked], pad_id, params)
         lr = optimizer.param_groups[0]["lr"]
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), params.grad_clip or float("inf"))
         optimizer.step()
         scheduler.step()
-        value = loss.item()
         window_losses.append(value)
         all_losses.append(value)
-        seen = int(batch["attention_mask"].sum())
         window_tokens += seen
         tokens_seen += seen
         if (step + 1) % params.log_every == 0 or step + 1 == steps:
