@@ -198,6 +198,31 @@ def promote(model: str = typer.Argument(..., help="registered model name, e.g. r
 
 
 @app.command()
+def estimate(preset: str = Preset, config: Optional[str] = ConfigFile, set_: Optional[list[str]] = Sets,
+             gpu: str = typer.Option("H100", "--gpu", help="H100 | H200 | A100"),
+             gpus: int = typer.Option(1, "--gpus", min=1), teacher_params: Optional[int] = typer.Option(
+                 None, "--teacher-params", help="N of a base not in r1flow.estimate.KNOWN_PARAMS"),
+             student_params: Optional[int] = typer.Option(None, "--student-params")):
+    """GPU-hours per stage of a preset before running it (FLOPs over assumed utilisation; no GPU needed)."""
+    from r1flow.config import ConfigError, load_config
+    from r1flow.estimate import PEAK_BF16, Assumptions, estimate as run_estimate, model_params, render
+
+    if gpu not in PEAK_BF16:
+        typer.secho(f"--gpu {gpu!r}: known {sorted(PEAK_BF16)}", fg="red", err=True)
+        raise typer.Exit(2)
+    overrides = {k: v for k, v in (("teacher", teacher_params), ("student", student_params)) if v}
+    try:
+        cfg = load_config(preset, config, set_ or [])
+        params = model_params(cfg, overrides)
+    except (ConfigError, ValueError) as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(2)
+    assumptions = Assumptions(gpu=gpu, gpus=gpus)
+    typer.echo(f"{cfg.preset or config}: teacher N = {params['teacher']:,}, student N = {params['student']:,}\n")
+    typer.echo(render(run_estimate(cfg, params, assumptions), assumptions))
+
+
+@app.command()
 def status(name: Optional[str] = typer.Argument(None, help="pipeline run name (default: latest)")):
     """Each stage of a pipeline run: done / cached / failed / running, artifact URI, MLflow run."""
     _setup_env()

@@ -69,11 +69,18 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int):
 def build_model(arch: ModelArch, tokenizer, seed: int = 0):
     """A randomly initialised Qwen2ForCausalLM sized by ``arch`` for ``tokenizer``'s vocabulary."""
     import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers import Qwen2ForCausalLM
 
     torch.manual_seed(seed)
-    config = Qwen2Config(
-        vocab_size=len(tokenizer),
+    return Qwen2ForCausalLM(qwen2_config(arch, len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id))
+
+
+def qwen2_config(arch: ModelArch, vocab_size: int, eos_id: int | None = None, pad_id: int | None = None):
+    """The transformers config of a tiny model sized by ``arch``."""
+    from transformers import Qwen2Config
+
+    return Qwen2Config(
+        vocab_size=vocab_size,
         hidden_size=arch.hidden_size,
         num_hidden_layers=arch.num_layers,
         num_attention_heads=arch.num_heads,
@@ -81,11 +88,10 @@ def build_model(arch: ModelArch, tokenizer, seed: int = 0):
         intermediate_size=arch.intermediate_size,
         max_position_embeddings=arch.max_positions,
         tie_word_embeddings=arch.tie_embeddings,
-        bos_token_id=tokenizer.eos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=eos_id,
+        eos_token_id=eos_id,
+        pad_token_id=pad_id,
     )
-    return Qwen2ForCausalLM(config)
 
 
 def save_model(model, tokenizer, path: str | os.PathLike) -> Path:

@@ -1,0 +1,65 @@
+"""Every preset loads and validates; the real-model presets keep the paper's settings, pass
+preflight once their problem files exist, and get a GPU-hours estimate checked by hand."""
+
+from __future__ import annotations
+
+import pytest
+
+from r1flow.config import load_config, presets
+from r1flow.estimate import Assumptions, estimate, model_params
+
+REAL = [p for p in presets() if p not in ("micro", "tiny")]
+SHARED = "/work/shared/data"
+
+
+def on_shared_data(preset: str):
+    """The preset with its data/ problem files read from the shared copies of GSM8K and MATH-500."""
+    text = load_config(preset).model_dump_json()
+    return load_config(preset, sets=[]).model_validate_json(text.replace('=data/', f'={SHARED}/'))
+
+
+def test_every_preset_loads_and_the_real_ones_exist():
+    assert {"micro", "tiny"} <= set(presets()) and REAL, presets()
+    for preset in presets():
+        assert load_config(preset).preset == preset
+
+
+@pytest.mark.parametrize("preset", REAL)
+def test_real_presets_keep_the_papers_settings_and_pass_preflight(preset, tmp_path):
+    from r1flow.preflight import preflight
+
+    c = load_config(preset)
+    assert (c.device, c.dtype) == ("cuda", "bfloat16")
+    assert all("/" in s.source and not s.source.startswith((".", "/")) for s in (c.base.teacher, c.base.student))
+    assert not c.base.teacher.trust_remote_code and not c.base.student.trust_remote_code
+    assert (c.evaluate.temperature, c.evaluate.top_p) == (0.6, 0.95)
+    for stage in ("r1_zero", "reasoning_rl", "final_rl"):
+        g = c.section(stage).grpo
+        assert (g.beta, g.group_size, g.temperature) == (0.001, 16, 1.0), stage
+    assert c.sft.train.epochs == 2 and c.distill.model == "student"
+    assert {b.split("=")[0] for b in c.evaluate.benchmarks} == {"gsm8k", "math500"}
+    assert {r.name for r in c.reasoning_rl.prompts[0].rewards} == {"accuracy", "format", "language"}
+    preflight(on_shared_data(preset), str(tmp_path / "store"))
+    assert all(v > 1e8 for v in model_params(c).values())
+
+
+def test_gpu_hours_estimate_against_hand_values():
+    c = load_config("micro", sets=["evaluate.max_problems=10", "evaluate.k=2", "evaluate.max_new_tokens=100",
+                                   "distill.train.max_steps=0", "distill.train.epochs=2",
+                                   "r1_zero.grpo={steps: 10, prompts_per_step: 2, group_size: 4, max_new_tokens: 50}"])
+    a = Assumptions(gpu="A100", gpus=2, train_mfu=0.5, generate_mfu=0.1, fill=0.5, prompt_tokens=25, kept=0.5)
+    rows = {r.stage: r for r in estimate(c, {"teacher": 1_000, "student": 100}, a)}
+    evaluation = 2 * 1_000 * 10 * 2 * (25 + 50)          # 2N · problems · k · (prompt + half of 100)
+    per_step = 8 * (25 + 25)                              # 8 rows of 25 prompt + 25 generated tokens
+    r1_zero = rows["r1_zero"]
+    assert r1_zero.generate_flops == 2 * 1_000 * per_step * 10 + evaluation
+    assert r1_zero.train_flops == 6 * 1_000 * per_step * 10   # micro's R1-Zero keeps no reference (beta 0)
+    peak = 312e12 * 2
+    assert r1_zero.gpu_hours == pytest.approx((r1_zero.generate_flops / (peak * 0.1)
+                                               + r1_zero.train_flops / (peak * 0.5)) / 3600)
+    rs = c.rejection_sampling                             # distill: 6 · N_student · kept rows · tokens · epochs
+    rows_kept = 0.5 * rs.num_prompts * rs.samples_per_prompt / (1 - rs.non_reasoning_fraction)
+    tokens = 25 + round(0.5 * rs.max_new_tokens)
+    assert rows["distill"].train_flops == 6 * 100 * round(rows_kept * c.distill.train.epochs * tokens)
+    sft = c.sft.train                                      # micro's SFT is capped by max_steps, not epochs
+    assert sft.max_steps and rows["sft"].train_flops == 6 * 1_000 * sft.max_steps * sft.batch_size * tokens
