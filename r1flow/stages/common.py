@@ -54,6 +54,14 @@ def load_policy(artifact: Path, ctx: StageContext, which: str = "teacher"):
     return model.to(setup_torch(ctx)), tok
 
 
+def model_location(artifact: Path, which: str = "teacher") -> str:
+    """Where an engine that loads by itself (vLLM) finds the model: the folder, or the hub id a
+    real base's ``source.json`` names."""
+    folder = model_dir(artifact, which)
+    source = folder / "source.json"
+    return json.loads(source.read_text())["source"] if source.exists() else str(folder)
+
+
 def save_policy(model, tokenizer, ctx: StageContext, sub: str = "model") -> Path:
     from r1flow.diskspace import disk_writes, ensure_free, tensor_bytes
     from r1flow.modeling import save_model

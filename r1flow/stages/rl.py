@@ -15,7 +15,7 @@ from types import SimpleNamespace
 from typing import Any, Callable
 
 from r1flow.config import PromptSource, RewardSpec, RLConfig
-from r1flow.stages.common import evaluate, load_policy, paired_gain, problems, save_policy
+from r1flow.stages.common import evaluate, load_policy, model_location, paired_gain, problems, save_policy
 from r1flow.stages.runner import StageContext
 
 Config = RLConfig
@@ -126,7 +126,10 @@ def run(ctx: StageContext) -> None:
             recorded.history.append((step, evaluate(ctx, model, tokenizer, cfg.template, step=step, write=False)[0]))
 
     ctx.log(f"{ctx.spec.stage}: GRPO for {cfg.grpo.steps} steps on {len(prompts)} prompts")
-    engine = make_engine(cfg.engine, model, tokenizer, batch_size=cfg.grpo.prompts_per_step * cfg.grpo.group_size)
+    extra = {"model_path": model_location(ctx.inputs["policy"], cfg.model), "dtype": ctx.runtime.get("dtype")} \
+        if cfg.engine == "vllm" else {}
+    engine = make_engine(cfg.engine, model, tokenizer, batch_size=cfg.grpo.prompts_per_step * cfg.grpo.group_size,
+                         **extra)
     final = train_grpo(model, tokenizer, prompts, reward_fns, cfg.grpo, recorded, engine=engine,
                        ref_model=ref_model, on_step=on_step, checkpoints=ctx.checkpointer())
     save_policy(model, tokenizer, ctx)
