@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from r1flow.data.curate import CurationParams, RejectionParams
 from r1flow.grpo.params import GRPOParams
@@ -27,6 +27,7 @@ RULE_REWARDS = ("accuracy", "format", "language")
 STAGES = ("base", "r1_zero", "cold_start", "reasoning_rl", "rejection_sampling", "sft",
           "reward_model", "final_rl", "distill")
 EVALUATION = "evaluation"  # a stage of its own flow (evaluate one model), not of the pipeline
+SHARDABLE = ("rejection_sampling",)  # stages whose work splits into shards (launch.shards)
 
 
 class ConfigError(ValueError):
@@ -51,6 +52,8 @@ class Launch(Section):
     job_variables: dict[str, Any] = Field(default_factory=dict,
                                           description="work-pool job variables: image, GPUs, nodes, env")
     timeout_s: float | None = Field(None, gt=0, description="give up waiting for the stage flow run")
+    shards: int = Field(1, ge=1, description="generation stages (rejection_sampling): split the prompt chunks "
+                        "over N runs, then merge — the same dataset for any N")
 
     @field_validator("job_variables")
     @classmethod
@@ -270,6 +273,14 @@ class PipelineConfig(BaseModel):
         if stage not in STAGES + (EVALUATION,):
             raise ConfigError(f"unknown stage {stage!r}; known: {', '.join(STAGES + (EVALUATION,))}")
         return getattr(self, stage)
+
+    @model_validator(mode="after")
+    def _shards_only_where_generation_splits(self) -> "PipelineConfig":
+        for stage in STAGES + (EVALUATION,):
+            if stage not in SHARDABLE and self.section(stage).launch.shards > 1:
+                raise ValueError(f"{stage}.launch.shards: only these stages split their work into shards: "
+                                 f"{', '.join(SHARDABLE)}")
+        return self
 
     @staticmethod
     def stage_names() -> tuple[str, ...]:

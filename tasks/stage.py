@@ -92,6 +92,9 @@ def run_stage(stage: str, key: str, config: dict[str, Any], inputs: dict[str, Ar
             values = " ".join(f"{k}={v:.4g}" for k, v in sorted(event["values"].items()))
             logger.info("step %s %s", event.get("step"), values)
 
+    shards = int(config.get("launch", {}).get("shards", 1))
+    if shards > 1:
+        run_shards(spec, shards, runtime)
     with tempfile.NamedTemporaryFile("w", suffix=".json", dir=runtime.home, delete=False) as f:
         f.write(spec.model_dump_json())
     try:
@@ -110,6 +113,37 @@ def run_stage(stage: str, key: str, config: dict[str, Any], inputs: dict[str, Ar
     if "ref" not in result:
         raise StageCrashed(f"stage {stage} exited cleanly but published no artifact")
     return result["ref"]
+
+
+def run_shards(spec: StageSpec, n: int, runtime: Runtime) -> None:
+    """Shards 0..n-1 of a generation stage, each its own process, all at once. They save chunks and
+    publish nothing (no MLflow run of their own: the merging run that follows logs the stage); the
+    first failure fails the stage, and its retry reuses every chunk already saved."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    logger = get_run_logger()
+
+    def one(i: int) -> None:
+        errors: list[str] = []
+        shard = spec.model_copy(update={"shard": (i, n), "mlflow_run_id": None})
+
+        def on_event(event: dict[str, Any]) -> None:
+            if event["event"] == "error":
+                errors.append(str(event.get("message")))
+            elif event["event"] == "log":
+                logger.info("shard %d/%d: %s", i + 1, n, event.get("message"))
+
+        with tempfile.NamedTemporaryFile("w", suffix=".json", dir=runtime.home, delete=False) as f:
+            f.write(shard.model_dump_json())
+        try:
+            code = run_process(stage_command(Path(f.name)), env=runtime.stage_env(), on_event=on_event)
+        finally:
+            os.unlink(f.name)
+        check_exit(code, f"{spec.stage} shard {i + 1}/{n}", errors[-1] if errors else None)
+
+    logger.info("stage %s: %d shards", spec.stage, n)
+    with ThreadPoolExecutor(n) as pool:
+        list(pool.map(one, range(n)))
 
 
 def published(stage: str, store, output_key: str) -> ArtifactRef | None:

@@ -221,10 +221,10 @@ def test_a_killed_stage_is_retried_and_resumes_from_its_checkpoint(micro_home):
     assert sorted(set(steps)) == [1, 2, 3]
 
 
-def test_killed_rejection_sampling_resumes_without_duplicated_or_missing_samples(micro_home):
+def test_killed_or_sharded_rejection_sampling_makes_the_same_dataset(micro_home):
     """Rejection sampling in 4 chunks of 8 prompts, SIGKILLed after its second chunk: the retry
     reuses the two saved chunks and publishes the same dataset, byte for byte, as a run that was
-    never interrupted."""
+    never interrupted — and so does the same stage split into 3 shards."""
     from r1flow.store_local import LocalStore
 
     home, _ = micro_home
@@ -245,6 +245,15 @@ def test_killed_rejection_sampling_resumes_without_duplicated_or_missing_samples
     got = store.manifest(uri)
     assert got.created != want.created  # published again by the resumed attempt
     assert got.digest == want.digest and (store.local_path(uri) / "sft.jsonl").read_text() == rows
+
+    # Sharded (issue 8): 3 shards, each its own process, generate chunks {0, 3}, {1}, {2} — in
+    # whatever order they finish — and the merging run finds all 4 saved: the same bytes again.
+    out = r1flow([*args, "--refresh", "--set", "rejection_sampling.launch.shards=3"], home)
+    text = out.stdout + out.stderr
+    assert out.returncode == 0, text[-4000:]
+    assert "rejection_sampling: 3 shards" in text and "reused 4 saved chunk(s)" in text
+    assert all(f"shard {i}/3: rejection sampling shard {i} of 3" in text for i in (1, 2, 3)), text[-3000:]
+    assert store.manifest(uri).digest == want.digest and (store.local_path(uri) / "sft.jsonl").read_text() == rows
 
 
 def test_registered_candidate_is_evaluated_by_the_evaluation_flow(micro_home):

@@ -176,13 +176,14 @@ def sampling_engine(ctx: StageContext) -> str:
 def sample_rows(model, tokenizer, problems: list[dict[str, str]], *, template: str, k: int,
                 temperature: float, top_p: float, max_new_tokens: int, seed: int,
                 batch_size: int = 128, engine: str = "torch", chunk_prompts: int | None = None,
-                chunks: ChunkLog | None = None,
+                chunks: ChunkLog | None = None, shard: tuple[int, int] | None = None,
                 on_chunk: Callable[[int], None] = lambda done: None) -> list[dict[str, Any]]:
     """k samples per problem as rows ``{question, answer, completion, finish_reason, template}``.
 
     Problems go in chunks of ``chunk_prompts`` (default: as many as fill a batch), chunk i seeded
     with ``seed + i``; with ``chunks`` each completed chunk is saved and a saved one is reused
-    (``r1flow.chunks``); ``on_chunk(i + 1)`` runs after chunk i (fault injection in tests)."""
+    (``r1flow.chunks``); ``shard=(j, N)`` does only the chunks i with i mod N = j (its rows only);
+    ``on_chunk(i + 1)`` runs after chunk i (fault injection in tests)."""
     from r1flow.engine import make_engine
     from r1flow.templates import render_prompt
 
@@ -190,6 +191,8 @@ def sample_rows(model, tokenizer, problems: list[dict[str, str]], *, template: s
     rows: list[dict[str, Any]] = []
     per_call = chunk_prompts or max(1, batch_size // k)
     for call, start in enumerate(range(0, len(problems), per_call)):
+        if shard and call % shard[1] != shard[0]:
+            continue
         done = chunks.load(call) if chunks else None
         if done is None:
             chunk = problems[start:start + per_call]

@@ -5,6 +5,10 @@ killed stage resumes without duplicated or missing samples); keep correct ones a
 long paragraphs, code blocks and truncated outputs (``r1flow.data.curate.rejection_filter``);
 mix in non-reasoning SFT rows when configured (answered without a chain of thought, as the paper
 does for simple queries); write the SFT dataset and log how many rows each filter removed.
+
+Sharded (``launch.shards`` = N): runs i = 0..N-1 each generate the chunks c with c mod N = i and
+save them; the merging run then finds every chunk saved, generates none, and filters and writes
+exactly what one run would have — a chunk's rows depend only on its index, not on who made it.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ Config = RejectionConfig
 def check(ctx: StageContext) -> None:
     if "policy" not in ctx.inputs:
         raise ValueError("stage rejection_sampling needs input 'policy'")
+    if ctx.spec.shard and not ctx.config.checkpoint_chunks:
+        raise ValueError("rejection_sampling.launch.shards > 1 needs checkpoint_chunks: shards hand over saved chunks")
     if ctx.config.prompts != "arith":
         problems(ctx, ctx.config.prompts, 1, 0)  # a missing or malformed file fails here, named
 
@@ -37,9 +43,13 @@ def run(ctx: StageContext) -> None:
     samples = sample_rows(model, tokenizer, prompts, template="r1", k=cfg.samples_per_prompt,
                           temperature=cfg.temperature, top_p=cfg.top_p,
                           max_new_tokens=cfg.max_new_tokens, seed=seed, engine=sampling_engine(ctx),
-                          chunk_prompts=cfg.chunk_prompts, chunks=chunks, on_chunk=ctx.fault_point)
+                          chunk_prompts=cfg.chunk_prompts, chunks=chunks, shard=ctx.spec.shard,
+                          on_chunk=ctx.fault_point)
     if chunks and chunks.loaded:
         ctx.log(f"rejection sampling: reused {chunks.loaded} saved chunk(s) of {cfg.chunk_prompts} prompts")
+    if ctx.spec.shard:  # the merging run filters all chunks together and publishes
+        ctx.log(f"rejection sampling shard {ctx.spec.shard[0] + 1} of {ctx.spec.shard[1]}: {len(samples)} samples saved")
+        return
     kept, removed = rejection_filter(samples, cfg.filters)
     if len(kept) < cfg.min_kept:
         raise RuntimeError(f"rejection sampling kept {len(kept)} of {len(samples)} samples, fewer than "

@@ -56,6 +56,8 @@ class StageSpec(BaseModel):
     warm_start: str | None = Field(None, description="checkpoint prefix of a crashed attempt under "
                                    "another config, continued with --allow-config-change")
     work_root: str | None = Field(None, description="where the staging folder goes")
+    shard: tuple[int, int] | None = Field(None, description="(i, N): a generation stage's shard i of N — "
+                                          "it generates and saves its chunks and publishes nothing")
 
 
 @dataclass
@@ -188,7 +190,7 @@ def run_spec(spec: StageSpec, rank: int = 0) -> ArtifactRef | None:
             stage.check(ctx)  # cheap input checks before the expensive part
         with mixed_precision(spec.runtime):
             stage.run(ctx)
-        if rank != 0:
+        if rank != 0 or spec.shard:
             return None
         if inner is not None:
             _deliver_metrics(inner, ctx, _unsent_path(work_root, spec))
