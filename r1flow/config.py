@@ -280,6 +280,9 @@ class PipelineConfig(BaseModel):
             if stage not in SHARDABLE and self.section(stage).launch.shards > 1:
                 raise ValueError(f"{stage}.launch.shards: only these stages split their work into shards: "
                                  f"{', '.join(SHARDABLE)}")
+        if self.rejection_sampling.launch.shards > 1 and not self.rejection_sampling.checkpoint_chunks:
+            raise ValueError("rejection_sampling.launch.shards > 1 needs checkpoint_chunks: shards hand over "
+                             "saved chunks")
         return self
 
     @staticmethod

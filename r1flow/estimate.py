@@ -103,7 +103,8 @@ def _built_params(arch, vocab_size: int) -> int:
 
 
 def estimate(config: PipelineConfig, params: dict[str, int], a: Assumptions = Assumptions()) -> list[StageEstimate]:
-    """Per stage (evaluation of its model included); ``params``: N of ``teacher`` and ``student``."""
+    """Per stage, its held-out evaluations included (RL stages: at the start, every ``eval_every``
+    steps and at the end); ``params``: N of ``teacher`` and ``student``."""
     n, n_student = params["teacher"], params["student"]
     ev = config.evaluate
     prompt, completion = _sequence(ev.max_new_tokens, a)
@@ -126,11 +127,13 @@ def estimate(config: PipelineConfig, params: dict[str, int], a: Assumptions = As
         step = grpo_step_flops(n, rows * p, rows * c, mu=g.mu, reference=g.beta > 0 or g.log_kl,
                                old_policy=g.mu > 1 or g.num_minibatches > 1)
         generate = 2.0 * n * rows * (p + c) * g.steps
-        add(stage, generate, step * g.steps - generate)
+        evaluations = 2 + len(range(rl.eval_every, g.steps, rl.eval_every)) if rl.eval_every else 2  # start, end
+        add(stage, generate + (evaluations - 1) * evaluation, step * g.steps - generate)
     cs = config.cold_start
     p, c = _sequence(cs.max_new_tokens, a)
     sampled = cs.num_prompts * cs.samples_per_prompt if "r1_zero" in cs.sources else 0
-    add("cold_start", 2.0 * n * sampled * (p + c), sft_flops(n, _sft_tokens(cs.train, a.kept * sampled, p + c)))
+    kept = min(a.kept * sampled, cs.num_prompts * (cs.curation.max_per_question or cs.samples_per_prompt))
+    add("cold_start", 2.0 * n * sampled * (p + c), sft_flops(n, _sft_tokens(cs.train, kept, p + c)))
     rs = config.rejection_sampling
     p, c = _sequence(rs.max_new_tokens, a)
     add("rejection_sampling", 2.0 * n * rows_sampled * (p + c), 0.0, evaluated=False)

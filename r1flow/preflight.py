@@ -25,9 +25,9 @@ def preflight(config: PipelineConfig, store_root: str, stages: tuple[str, ...] |
         for i, p in enumerate(config.section(stage).prompts):
             _check_problems(f"{stage}.prompts.{i}.source", p.source)
     if "cold_start" in stages and "r1_zero" in config.cold_start.sources:
-        _check_problems("cold_start.prompts", config.cold_start.prompts)
+        _check_problems("cold_start.prompts", config.cold_start.prompts, only_builtin="arith")
     if "rejection_sampling" in stages:
-        _check_problems("rejection_sampling.prompts", config.rejection_sampling.prompts)
+        _check_problems("rejection_sampling.prompts", config.rejection_sampling.prompts, only_builtin="arith")
     for i, src in enumerate(config.cold_start.sources if "cold_start" in stages else []):
         if src not in BUILTIN_SOURCES:
             _check_file(f"cold_start.sources.{i}", src, {"question": str, "answer": str, "completion": str})
@@ -51,9 +51,10 @@ def _is_path(source: str) -> bool:
     return source.startswith((".", "/", "~")) or Path(source).exists() or source.count("/") != 1
 
 
-def _check_problems(field: str, source: str) -> None:
-    """A problem file (``gsm8k=PATH``, ``math500=PATH``, question/answer JSONL) parses; built-ins pass."""
-    if source in BUILTIN_SOURCES:
+def _check_problems(field: str, source: str, only_builtin: str | None = None) -> None:
+    """A problem file (``gsm8k=PATH``, ``math500=PATH``, question/answer JSONL) parses; built-ins
+    pass (only ``only_builtin`` where the field takes just that one)."""
+    if source in ({only_builtin} if only_builtin else BUILTIN_SOURCES):
         return
     try:
         load_benchmark(source)

@@ -48,12 +48,14 @@ class VLLMEngine:
     tokenizer, first weights); ``sync_weights`` keeps it on the trainer's current weights."""
 
     def __init__(self, model_dir: str | Path, tokenizer, *, model=None, dtype: str = "float32", seed: int = 0,
+                 revision: str | None = None, trust_remote_code: bool = False,
                  max_model_len: int = 1024, tensor_parallel_size: int = 1, kv_cache_bytes: int | None = None,
                  gpu_memory_utilization: float = 0.5, sleep_mode: bool = False) -> None:
         os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")  # the reload function goes by RPC
         from vllm import LLM
 
-        kwargs = dict(model=str(model_dir), tokenizer=str(model_dir), dtype=dtype, seed=seed, enforce_eager=True,
+        kwargs = dict(model=str(model_dir), tokenizer=str(model_dir), revision=revision, dtype=dtype, seed=seed,
+                      enforce_eager=True, trust_remote_code=trust_remote_code,
                       max_model_len=max_model_len, tensor_parallel_size=tensor_parallel_size,
                       gpu_memory_utilization=gpu_memory_utilization, enable_prefix_caching=True)
         if kv_cache_bytes:
@@ -61,6 +63,7 @@ class VLLMEngine:
         if sleep_mode:
             kwargs["enable_sleep_mode"] = True
         self.llm = LLM(**kwargs)
+        self.dtype = getattr(torch, dtype)
         self.tokenizer = tokenizer
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.eos_ids = eos_token_ids(model, tokenizer) if model is not None else [tokenizer.eos_token_id]
@@ -68,8 +71,9 @@ class VLLMEngine:
 
     def generate(self, prompts: list[str], *, n: int, max_new_tokens: int, temperature: float,
                  top_p: float = 1.0, seed: int | None = None, suppress_eos: bool = False) -> Rollouts:
-        """``n`` samples per prompt; request ``i`` is seeded ``seed + i`` (its samples ``seed + i + j``
-        inside vLLM), so a call is reproducible whatever batch vLLM forms."""
+        """``n`` samples per prompt; request ``i`` is seeded ``seed + i·n`` (vLLM seeds its sample ``j``
+        with ``seed + i·n + j``), so the same call gives the same samples (tested on CPU; a different
+        batch composition may still change them through batched kernels)."""
         from vllm import SamplingParams
 
         check_generate_args(prompts, n, max_new_tokens, temperature, top_p)
@@ -87,8 +91,11 @@ class VLLMEngine:
         ids = torch.full((len(completions), width), self.pad_id, dtype=torch.long)
         for r, c in enumerate(completions):
             ids[r, :len(c)] = torch.tensor(c, dtype=torch.long)
-        return assemble_rollouts([left_pad([encoded[i] for i in rows], self.pad_id)], [ids], rows,
-                                 self.tokenizer, self.pad_id, self.eos_ids)
+        out = assemble_rollouts([left_pad([encoded[i] for i in rows], self.pad_id)], [ids], rows,
+                                self.tokenizer, self.pad_id, self.eos_ids)
+        for r, c in enumerate(completions):  # a row vLLM cut short (max_model_len) without an EOS:
+            out.completion_mask[r, len(c):] = 0  # its padding is not an action
+        return out
 
     def sync_weights(self, model) -> None:
         """Push ``model``'s weights into the engine, in memory (HF parameter names; vLLM fuses q/k/v
@@ -96,7 +103,8 @@ class VLLMEngine:
         import io
 
         buffer = io.BytesIO()  # one bytes object: the tensors vLLM decodes cannot be re-pickled
-        torch.save({name: t.detach().to("cpu").contiguous() for name, t in model.state_dict().items()}, buffer)
+        torch.save({name: t.detach().to("cpu", self.dtype).contiguous() for name, t in model.state_dict().items()},
+                   buffer)  # in the engine's dtype: half the bytes in bf16
         self.llm.collective_rpc(_reload_weights, args=(buffer.getvalue(),))
         self.llm.reset_prefix_cache()
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -92,6 +94,8 @@ def test_preflight_of_one_stage_checks_only_its_own_inputs(tmp_path):
             preflight(config, str(tmp_path / "store"), stages)
 
 
+@pytest.mark.skipif(not Path(os.environ.get("R1FLOW_SHARED_DATA", "/work/shared/data")).is_dir(),
+                    reason="shared benchmark data not present")
 def test_problem_files_for_sampling_and_rl_are_checked_and_named(tmp_path):
     """Real problem files (GSM8K, MATH-500) feed R1-Zero, cold start and rejection sampling; a
     missing or malformed one is named with its file and line before any stage starts."""
@@ -99,7 +103,8 @@ def test_problem_files_for_sampling_and_rl_are_checked_and_named(tmp_path):
     from r1flow.preflight import preflight
     from r1flow.stages.common import problems
 
-    gsm8k, math500 = "gsm8k=/work/shared/data/gsm8k/train.jsonl", "math500=/work/shared/data/math500/test.jsonl"
+    shared = os.environ.get("R1FLOW_SHARED_DATA", "/work/shared/data")
+    gsm8k, math500 = f"gsm8k={shared}/gsm8k/train.jsonl", f"math500={shared}/math500/test.jsonl"
     good = load_config("micro", sets=[f"r1_zero.prompts=[{{source: '{gsm8k}'}}]", f"cold_start.prompts={math500}",
                                       f"rejection_sampling.prompts={gsm8k}"])
     preflight(good, str(tmp_path / "store"))
@@ -109,8 +114,9 @@ def test_problem_files_for_sampling_and_rl_are_checked_and_named(tmp_path):
     broken = tmp_path / "math.jsonl"
     broken.write_text('{"problem": "1 + 1?", "answer": "2"}\n{"problem": "2 + 2?"}\n')
     for sets, field in (([f"rejection_sampling.prompts=gsm8k={tmp_path}/none.jsonl"], "rejection_sampling.prompts"),
+                        (["cold_start.prompts=nonreasoning"], "cold_start.prompts"),
                         ([f"cold_start.prompts=math500={broken}"], "cold_start.prompts"),
                         ([f"r1_zero.prompts=[{{source: 'math500={broken}'}}]"], "r1_zero.prompts.0.source")):
         with pytest.raises(ConfigError, match=field.replace(".", r"\.")) as err:
             preflight(load_config("micro", sets=sets), str(tmp_path / "store"))
-        assert "none.jsonl" in str(err.value) or f"{broken}:2" in str(err.value), str(err.value)
+        assert any(x in str(err.value) for x in ("none.jsonl", f"{broken}:2", "'nonreasoning'")), str(err.value)

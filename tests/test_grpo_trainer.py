@@ -131,6 +131,28 @@ def test_training_flops_are_logged_and_a_budget_stops_the_run(tok):
     assert logged == pytest.approx([sum(spent[:i + 1]) for i in range(steps)])
 
 
+def test_a_retry_after_a_budget_stop_trains_no_further(tok, tmp_path):
+    """The budget stop saves no checkpoint of its own, so a retry (the stage died after training,
+    e.g. while saving) replays the same steps from the last regular checkpoint and stops at the
+    same step with the same weights."""
+    from r1flow.checkpoint import Checkpointer
+    from r1flow.store_local import LocalStore
+
+    params = GRPOParams(steps=50, prompts_per_step=2, group_size=4, max_new_tokens=6, lr=1e-3, max_train_flops=1.0)
+    n = sum(p.numel() for p in model_for(tok).parameters())
+    params = params.model_copy(update={"max_train_flops": 8 * 8 * 10 * n * 3.5})  # 8N × 8 rows × ~10 tokens: ~3.5 steps
+    first_model, second_model = model_for(tok), model_for(tok)
+    store = LocalStore(tmp_path / "store")
+    first = train_grpo(first_model, tok, PROMPTS, A_REWARD, params, None,
+                       checkpoints=Checkpointer(store, "ckpt", every=1, keep=50))
+    retry = train_grpo(second_model, tok, PROMPTS, A_REWARD, params, None,
+                       checkpoints=Checkpointer(store, "ckpt", every=1, keep=50))
+    assert 2 <= first["steps"] < 50 and retry["steps"] == first["steps"]
+    assert retry["train_flops"] == pytest.approx(first["train_flops"])
+    a, b = snapshot(first_model), snapshot(second_model)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_same_seed_same_run_and_pure_prompt_order(tok):
     def run():
         model = model_for(tok)

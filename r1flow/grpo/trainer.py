@@ -338,8 +338,9 @@ def train_grpo(model, tokenizer, prompts: list[dict], reward_fns: list[RewardSpe
         first, rewards, optimizer_steps = restored.step, restored.extra["rewards"], restored.extra["optimizer_steps"]
         window = defaultdict(list, restored.extra["window"])
         train_flops = float(restored.extra.get("train_flops", 0.0))
-        engine.sync_weights(model)
-    for step in range(first, params.steps):
+    engine.sync_weights(model)  # an engine holding its own copy (vLLM) starts from these weights
+    spent = bool(params.max_train_flops) and train_flops >= params.max_train_flops  # a budget-stopped run resumed
+    for step in range(first, params.steps if not spent else first):
         clock, step_start = _Clock(), time.perf_counter()
         picked = step_prompt_indices(len(prompts), k * world, params.seed, step)[rank * k:(rank + 1) * k]
         chosen = [prompts[i] for i in picked]
@@ -365,9 +366,11 @@ def train_grpo(model, tokenizer, prompts: list[dict], reward_fns: list[RewardSpe
         step_time = time.perf_counter() - step_start
         metrics.update({f"time/{name}": t for name, t in clock.times.items()})
         metrics.update(step_time_s=step_time, tokens_per_s=float(rollouts.completion_lengths.sum()) / step_time)
-        train_flops += world * grpo_step_flops(
-            n_compute, int(rollouts.prompt_mask.sum()), int(rollouts.completion_lengths.sum()), mu=params.mu,
-            reference=ref is not None, old_policy=needs_old)
+        tokens = torch.tensor([float(rollouts.prompt_mask.sum()), float(rollouts.completion_lengths.sum())],
+                              device=device)
+        all_ranks_sum([tokens])  # every rank counts the same FLOPs, so all stop at the same step
+        train_flops += grpo_step_flops(n_compute, int(tokens[0]), int(tokens[1]), mu=params.mu,
+                                       reference=ref is not None, old_policy=needs_old)
         rewards.append(metrics["reward/mean"])
         for key, value in metrics.items():
             window[key].append(value)
@@ -381,7 +384,7 @@ def train_grpo(model, tokenizer, prompts: list[dict], reward_fns: list[RewardSpe
             window = defaultdict(list)
         if rank == 0 and (done % params.sample_every == 0 or done == 1):
             tracker.log_table(_sample_rows(done, rows, rollouts, scores.total, group), f"samples_step{done}")
-        if checkpoints is not None and checkpoints.due(done, params.steps):
+        if checkpoints is not None and not spent and checkpoints.due(done, params.steps):
             checkpoints.save(done, model=model, optimizer=optimizer, scheduler=scheduler,
                              extra={"rewards": rewards, "optimizer_steps": optimizer_steps, "window": dict(window),
                                     "train_flops": train_flops})

@@ -54,12 +54,16 @@ def load_policy(artifact: Path, ctx: StageContext, which: str = "teacher"):
     return model.to(setup_torch(ctx)), tok
 
 
-def model_location(artifact: Path, which: str = "teacher") -> str:
-    """Where an engine that loads by itself (vLLM) finds the model: the folder, or the hub id a
-    real base's ``source.json`` names."""
+def model_location(artifact: Path, which: str = "teacher") -> dict[str, Any]:
+    """Where an engine that loads by itself (vLLM) finds the model: the folder, or the hub id (with
+    its pinned revision and remote-code setting) a real base's ``source.json`` names."""
     folder = model_dir(artifact, which)
     source = folder / "source.json"
-    return json.loads(source.read_text())["source"] if source.exists() else str(folder)
+    if not source.exists():
+        return {"model_path": str(folder)}
+    spec = json.loads(source.read_text())
+    return {"model_path": spec["source"], "revision": spec.get("revision"),
+            "trust_remote_code": bool(spec.get("trust_remote_code", False))}
 
 
 def save_policy(model, tokenizer, ctx: StageContext, sub: str = "model") -> Path:

@@ -126,7 +126,7 @@ def run(ctx: StageContext) -> None:
             recorded.history.append((step, evaluate(ctx, model, tokenizer, cfg.template, step=step, write=False)[0]))
 
     ctx.log(f"{ctx.spec.stage}: GRPO for {cfg.grpo.steps} steps on {len(prompts)} prompts")
-    extra = {"model_path": model_location(ctx.inputs["policy"], cfg.model), "dtype": ctx.runtime.get("dtype")} \
+    extra = {**model_location(ctx.inputs["policy"], cfg.model), "dtype": ctx.runtime.get("dtype", "float32")} \
         if cfg.engine == "vllm" else {}
     engine = make_engine(cfg.engine, model, tokenizer, batch_size=cfg.grpo.prompts_per_step * cfg.grpo.group_size,
                          **extra)
