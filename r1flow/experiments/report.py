@@ -4,8 +4,10 @@ Arms (all from one base per seed; ``flows.experiments`` runs them):
 
 - ``zero``: GRPO from the base with accuracy + format rewards (R1-Zero, paper §2.2);
 - ``language``: the same plus the language-consistency reward (§2.3.2);
-- ``cold``: cold-start SFT (§2.3.1), then GRPO with ``zero``'s rewards and settings (only the
-  starting point differs);
+- ``cold``: cold-start SFT (§2.3.1), then GRPO with ``zero``'s rewards and settings; the starting
+  point differs and so does the template — the R1 one its cold-start data is written in, whose
+  format rule (``<think>`` … summary with a boxed answer) is not R1-Zero's (``<answer>`` tags), as
+  in the paper;
 - ``distill``: the student SFT'd on rejection-sampled data of ``cold``'s model (§2.4);
 - ``student_rl``: the same student trained by GRPO until it has spent ``distill``'s FLOPs (Table 6).
 
@@ -128,7 +130,8 @@ def render(spec: FindingsConfig, preset: str, arms: Seeds, found: list[Verdict],
     lines += [f"Every arm starts from one base per seed, pretrained on the synthetic arithmetic corpus with "
               f"{spec.mixed_language:.0%} of its worked chains code-switching between English and Chinese "
               "words (so that a CoT can mix languages). R1-Zero, R1-Zero + language reward and cold start + "
-              f"GRPO run the same GRPO settings for {horizon} steps; held-out: {problems} problems × {k} samples. "
+              f"GRPO run the same GRPO settings for {horizon} steps (cold start in the R1 template of its SFT "
+              f"data, each format rate by its own template's rule); held-out: {problems} problems × {k} samples. "
               "Seeds, thresholds and the compute rule were fixed in `configs/experiments/findings.yaml` "
               "before the runs.", "", *table(arms, k), "", f"## Verdicts ({held} of {len(found)} reproduced)", ""]
     lines += [f"- {v.line()}" for v in found]
