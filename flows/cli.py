@@ -265,12 +265,14 @@ def compare(names: list[str] = typer.Argument(..., help="two or more pipeline ru
 
 @app.command()
 def findings(quick: bool = typer.Option(False, "--quick", help="micro preset: checks the flow, not the claims"),
-             name: str = typer.Option("findings", "--name", "-n")):
+             name: str = typer.Option("findings", "--name", "-n"),
+             report_only: bool = typer.Option(False, "--report-only", help="re-render the report from the runs "
+                                              "already in MLflow (no training)")):
     """Reproduce the paper's five findings at tiny scale over the fixed seeds; writes a report with verdicts."""
     _setup_env()
     from flows.experiments import findings as flow_fn
 
-    state = flow_fn(quick=quick, name=name, return_state=True)
+    state = flow_fn(quick=quick, name=name, report_only=report_only, return_state=True)
     if not state.is_completed():
         typer.secho(f"findings failed: {state.message}", fg="red", err=True)
         raise typer.Exit(1)

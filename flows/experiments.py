@@ -14,7 +14,8 @@ code-switch between English and Chinese (``r1flow.experiments.report`` describes
 Stages shared between arms are cache hits (same config section, same inputs). Everything lands in
 the MLflow experiment ``r1flow-findings``; ``report.md`` and the curve PNGs are logged to a run of it.
 ``--quick`` runs the ``micro`` preset: it checks the flow end to end at CI size, and its verdicts
-say nothing about the paper.
+say nothing about the paper. ``--report-only`` re-renders the report from the runs already in
+MLflow (after a change to the report, say) without training anything.
 """
 
 from __future__ import annotations
@@ -88,30 +89,51 @@ def stage_arm(tracking_uri: str, parent_run_id: str, stage: str) -> Arm:
     return Arm(histories(tracking_uri, run_id, tuple(sorted(keys))), final)
 
 
+ARM_RUNS = {"zero": ("r1-zero", "r1_zero"), "language": ("language", "r1_zero"),  # arm: (run name, stage)
+            "cold": ("cold-start", "reasoning_rl"), "distill": ("cold-start", "distill"),
+            "student_rl": ("student-rl", "r1_zero")}
+
+
+def run_name(name: str, arm: str, seed: int) -> str:
+    return f"{name}-{ARM_RUNS[arm][0]}-s{seed}"
+
+
 def run_seed(preset: str, seed: int, spec: FindingsConfig, name: str, eval_every: int) -> dict[str, Arm]:
     configs = arm_configs(preset, seed, spec, eval_every)
-    zero = r1_zero(config=configs["zero"], name=f"{name}-r1-zero-s{seed}", allow_config_change=True)
-    language = r1_zero(config=configs["language"], name=f"{name}-language-s{seed}", allow_config_change=True)
-    cold = cold_start_arm(config=configs["cold"], name=f"{name}-cold-start-s{seed}")
-    arms = {"zero": stage_arm(zero["tracking_uri"], zero["mlflow_parent_run"], "r1_zero"),
-            "language": stage_arm(language["tracking_uri"], language["mlflow_parent_run"], "r1_zero"),
-            "cold": stage_arm(cold["tracking_uri"], cold["mlflow_parent_run"], "reasoning_rl"),
-            "distill": stage_arm(cold["tracking_uri"], cold["mlflow_parent_run"], "distill")}
+    runs = {arm: r1_zero(config=configs[arm], name=run_name(name, arm, seed), allow_config_change=True)
+            for arm in ("zero", "language")}
+    runs["cold"] = runs["distill"] = cold_start_arm(config=configs["cold"], name=run_name(name, "cold", seed))
+    arms = {arm: stage_arm(r["tracking_uri"], r["mlflow_parent_run"], ARM_RUNS[arm][1]) for arm, r in runs.items()}
     student = copy.deepcopy(configs["zero"])  # R1-Zero's GRPO on the student, stopped at distillation's FLOPs;
     student["r1_zero"].update(model="student", eval_every=0)  # no KL-logging reference forward eating its budget
     student["r1_zero"]["grpo"].update(max_train_flops=arms["distill"].flops, log_kl=False,
                                       steps=100 * student["r1_zero"]["grpo"]["steps"])
-    rl = r1_zero(config=student, name=f"{name}-student-rl-s{seed}", allow_config_change=True)
+    rl = r1_zero(config=student, name=run_name(name, "student_rl", seed), allow_config_change=True)
     arms["student_rl"] = stage_arm(rl["tracking_uri"], rl["mlflow_parent_run"], "r1_zero")
     return arms
 
 
+def read_seed(tracking_uri: str, seed: int, name: str) -> dict[str, Arm]:
+    """A seed's arms as the runs already in MLflow left them (``--report-only``: re-render, no training)."""
+    arms = {}
+    for arm, (_, stage) in ARM_RUNS.items():
+        runs = mlflow_runs.find_pipeline_runs(tracking_uri, run_name(name, arm, seed), experiment=EXPERIMENT)
+        if not runs:
+            raise ValueError(f"no run {run_name(name, arm, seed)!r} in MLflow experiment {EXPERIMENT}: "
+                             f"run `r1flow findings --name {name}` first")
+        arms[arm] = stage_arm(tracking_uri, runs[0].info.run_id, stage)
+    return arms
+
+
 @flow(name="r1-findings")
-def findings(quick: bool = False, name: str = "findings", spec_path: str = str(DEFAULT)) -> dict:
+def findings(quick: bool = False, name: str = "findings", spec_path: str = str(DEFAULT),
+             report_only: bool = False) -> dict:
     spec = load_findings(spec_path)
     preset = spec.quick_preset if quick else spec.preset
     eval_every = 1 if quick else 40
-    arms = {seed: run_seed(preset, seed, spec, name, eval_every) for seed in spec.seeds}
+    uri = Runtime(experiment=EXPERIMENT).tracking_uri
+    arms = {seed: read_seed(uri, seed, name) if report_only else run_seed(preset, seed, spec, name, eval_every)
+            for seed in spec.seeds}
     config = load_config(preset)
     k, horizon = config.evaluate.k, config.r1_zero.grpo.steps
     found = verdicts(spec, arms, k, horizon)

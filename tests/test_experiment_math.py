@@ -97,6 +97,10 @@ def test_the_five_verdicts_from_hand_made_arms():
     assert by["4b"].gain[0] == pytest.approx(0.02)            # 0.56 − 0.54
     assert by["5"].gain[0] == pytest.approx(0.40 - 0.15)
     # RL given 30% more FLOPs than distillation: not comparable, so claim 5 cannot be read
+    tie = {s: _seed(0.0) for s in (0, 1, 2)}  # "better-formed" needs better on every seed, not equal
+    for by_arm in tie.values():
+        by_arm["cold"].final["eval/arith_heldout/format_rate"] = 0.5
+    assert not verdicts(spec, tie, k=4, horizon=120)[3].holds
     unfair = {s: _seed(0.0, rl_flops=1.3e12) for s in (0, 1, 2)}
     five = verdicts(spec, unfair, k=4, horizon=120)[-1]
     assert not five.holds and "compute NOT within ±10% (RL/distill FLOPs 1.30, 1.30, 1.30)" in five.detail

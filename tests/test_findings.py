@@ -48,3 +48,10 @@ def test_quick_findings_report(tmp_path):
     logged = {a.path for a in client.list_artifacts(report_run.info.run_id, "report")}
     assert logged == {"report/report.md", *(f"report/{p}" for p in PLOTS)}
     assert set(report_run.data.metrics) == {f"verdict/{c}" for c, _ in verdicts}
+
+    again = r1flow(["findings", "--quick", "--name", "ci", "--report-only"], tmp_path, timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert (tmp_path / "findings" / "ci" / "report.md").read_text() == report  # from MLflow, nothing retrained
+    assert "Beginning subflow" not in again.stdout + again.stderr
+    missing = r1flow(["findings", "--quick", "--name", "nobody", "--report-only"], tmp_path, timeout=600)
+    assert missing.returncode != 0 and "no run 'nobody-r1-zero-s0'" in missing.stdout + missing.stderr

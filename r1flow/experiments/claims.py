@@ -41,8 +41,9 @@ class Verdict:
         return f"{self.claim}: {mark} — {self.measure} = {self.gain[0]:+.3f} ± {self.gain[1]:.3f} ({self.detail})"
 
 
-def beats(claim: str, a: list[float], b: list[float], min_gain: float = 0.0) -> Verdict:
-    """Does arm A beat arm B on every seed (paired by position), by ``min_gain`` on average?
+def beats(claim: str, a: list[float], b: list[float], min_gain: float = 0.0, *, strict: bool = False) -> Verdict:
+    """Does arm A beat arm B on every seed (paired by position), by ``min_gain`` on average? With
+    ``min_gain`` 0 a tie counts ("A ≥ B") unless ``strict`` ("A better than B": every seed above).
 
     >>> beats("RL raises accuracy", [0.6, 0.55, 0.58], [0.3, 0.31, 0.29], min_gain=0.1).holds
     True
@@ -53,7 +54,7 @@ def beats(claim: str, a: list[float], b: list[float], min_gain: float = 0.0) -> 
         raise ValueError(f"paired seeds needed: {len(a)} vs {len(b)} values")
     diffs = [x - y for x, y in zip(a, b)]
     gain = mean_std(diffs)
-    agree = sum(d >= 0 if min_gain == 0 else d > 0 for d in diffs)
+    agree = sum(d >= 0 if min_gain == 0 and not strict else d > 0 for d in diffs)
     holds = agree == len(diffs) and gain[0] >= min_gain - 1e-12
     return Verdict(claim, holds, gain, f"{agree} of {len(diffs)} seeds agree; required mean gain {min_gain:g}")
 

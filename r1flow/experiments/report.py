@@ -81,7 +81,7 @@ def verdicts(spec: FindingsConfig, arms: Seeds, k: int, horizon: int) -> list[Ve
         sooner(f"3a. cold start (§2.3.1): RL reaches held-out pass@1 {t.cold_start_target:g} in fewer steps "
                "than RL from the base", reach("cold"), reach("zero"), horizon),
         beats("3b. cold start: better-formed answers (held-out format rate at the end)",
-              of("cold", "end", "format_rate"), of("zero", "end", "format_rate"), 0.0),
+              of("cold", "end", "format_rate"), of("zero", "end", "format_rate"), 0.0, strict=True),
         cuts("4a. language consistency (§2.3.2): the reward cuts the mixed-language CoT rate",
              of("language", "end", "mixed_language_rate"), of("zero", "end", "mixed_language_rate"),
              t.language_mixing_cut),
