@@ -168,6 +168,8 @@ class RejectionConfig(StageSection):
     prompts: str = Field("arith", description="problems to sample: 'arith' (synthetic) or a problem file, "
                          "'gsm8k=PATH', 'math500=PATH' or a question/answer JSONL")
     num_prompts: int = Field(500, gt=0, description="reasoning prompts")
+    engine: Literal["default", "vllm"] = Field("default", description="sampling engine: 'default' (evaluate.engine) "
+                                               "or 'vllm' (offline batches from the saved policy)")
     samples_per_prompt: int = Field(4, gt=0, description="k samples per prompt")
     chunk_prompts: int = Field(32, gt=0, description="prompts per chunk; chunk i is seeded seed + i")
     checkpoint_chunks: bool = Field(True, description="save each completed chunk (resume without "

@@ -75,6 +75,21 @@ def test_grpo_steps_update_the_engine_in_memory_to_the_trainers_logprobs(setup):
     assert files_under(root) == files, "a weights file was written or changed"
 
 
+def test_rejection_sampling_rows_are_the_same_whatever_the_sharding(setup):
+    """Rejection sampling's offline batches through vLLM (``rejection_sampling.engine: vllm``): chunk
+    i seeded seed + i, so two shards merged in chunk order give the rows of one unsharded pass."""
+    from r1flow.stages.common import sample_rows
+
+    root, tok, model, _ = setup
+    problems = [{"question": f"{a} + {b}", "answer": str(a + b)} for a in range(3) for b in range(4)]  # 12
+    kw = dict(template="r1", k=2, temperature=0.8, top_p=0.95, max_new_tokens=10, seed=5, engine="vllm",
+              engine_kw={"model_path": str(root / "model")}, chunk_prompts=4)
+    whole = sample_rows(model, tok, problems, **kw)
+    parts = [sample_rows(model, tok, problems, shard=(i, 2), **kw) for i in (1, 0)]  # shard 1 first
+    by_chunk = {0: parts[1][:8], 1: parts[0][:8], 2: parts[1][8:]}  # chunks 0, 2 → shard 0; chunk 1 → shard 1
+    assert len(whole) == 24 and whole == by_chunk[0] + by_chunk[1] + by_chunk[2]
+
+
 def test_sleep_mode_is_refused_on_cpu(setup):
     root, tok, model, _ = setup
     with pytest.raises(Exception, match="[Ss]leep mode is not supported"):

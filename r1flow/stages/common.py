@@ -179,7 +179,8 @@ def sampling_engine(ctx: StageContext) -> str:
 
 def sample_rows(model, tokenizer, problems: list[dict[str, str]], *, template: str, k: int,
                 temperature: float, top_p: float, max_new_tokens: int, seed: int,
-                batch_size: int = 128, engine: str = "torch", chunk_prompts: int | None = None,
+                batch_size: int = 128, engine: str = "torch", engine_kw: dict[str, Any] | None = None,
+                chunk_prompts: int | None = None,
                 chunks: ChunkLog | None = None, shard: tuple[int, int] | None = None,
                 on_chunk: Callable[[int], None] = lambda done: None) -> list[dict[str, Any]]:
     """k samples per problem as rows ``{question, answer, completion, finish_reason, template}``.
@@ -191,7 +192,7 @@ def sample_rows(model, tokenizer, problems: list[dict[str, str]], *, template: s
     from r1flow.engine import make_engine
     from r1flow.templates import render_prompt
 
-    engine = make_engine(engine, model, tokenizer, batch_size=batch_size)
+    engine = make_engine(engine, model, tokenizer, batch_size=batch_size, **(engine_kw or {}))
     rows: list[dict[str, Any]] = []
     per_call = chunk_prompts or max(1, batch_size // k)
     for call, start in enumerate(range(0, len(problems), per_call)):
