@@ -28,6 +28,7 @@ STAGES = ("base", "r1_zero", "cold_start", "reasoning_rl", "rejection_sampling",
           "reward_model", "final_rl", "distill")
 EVALUATION = "evaluation"  # a stage of its own flow (evaluate one model), not of the pipeline
 SHARDABLE = ("rejection_sampling",)  # stages whose work splits into shards (launch.shards)
+MULTI_PROCESS = ("r1_zero", "reasoning_rl", "final_rl", "sft", "distill")  # stages whose trainers run DDP
 
 
 class ConfigError(ValueError):
@@ -54,6 +55,19 @@ class Launch(Section):
     timeout_s: float | None = Field(None, gt=0, description="give up waiting for the stage flow run")
     shards: int = Field(1, ge=1, description="generation stages (rejection_sampling): split the prompt chunks "
                         "over N runs, then merge — the same dataset for any N")
+    processes: int = Field(1, ge=1, description="processes per machine (one per GPU) under `accelerate launch`")
+    machines: int = Field(1, ge=1, description="machines of a multi-node stage; each runs with R1FLOW_MACHINE_RANK "
+                          "and R1FLOW_MAIN_PROCESS_IP set (the Kubernetes multi-node template does)")
+    strategy: Literal["ddp", "fsdp", "zero3"] = Field("ddp", description="configs/accelerate/<strategy>.yaml; only "
+                                                      "ddp is supported by r1flow's trainers so far")
+    main_process_port: int = Field(29500, gt=0, lt=65536, description="rendezvous port of rank 0")
+
+    @model_validator(mode="after")
+    def _supported_strategy(self) -> "Launch":
+        if self.processes * self.machines > 1 and self.strategy != "ddp":
+            raise ValueError(f"strategy {self.strategy!r}: r1flow's trainers all-reduce gradients by hand and do "
+                             "not shard yet; use 'ddp'")
+        return self
 
     @field_validator("job_variables")
     @classmethod
@@ -282,6 +296,11 @@ class PipelineConfig(BaseModel):
             if stage not in SHARDABLE and self.section(stage).launch.shards > 1:
                 raise ValueError(f"{stage}.launch.shards: only these stages split their work into shards: "
                                  f"{', '.join(SHARDABLE)}")
+        for stage in STAGES + (EVALUATION,):
+            launch = self.section(stage).launch
+            if stage not in MULTI_PROCESS and launch.processes * launch.machines > 1:
+                raise ValueError(f"{stage}.launch.processes/machines: only these stages run on several processes: "
+                                 f"{', '.join(MULTI_PROCESS)}")
         if self.rejection_sampling.launch.shards > 1 and not self.rejection_sampling.checkpoint_chunks:
             raise ValueError("rejection_sampling.launch.shards > 1 needs checkpoint_chunks: shards hand over "
                              "saved chunks")

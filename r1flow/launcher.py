@@ -36,9 +36,28 @@ class StageCrashed(RuntimeError):
     """The stage process died (crash, kill, lost node); a retry resumes it."""
 
 
-def stage_command(spec_path: Path) -> list[str]:
-    """The command line that runs one stage (one process; multi-process launch comes later)."""
-    return [sys.executable, "-m", "r1flow.stages", str(spec_path)]
+ACCELERATE_CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "accelerate"
+
+
+def stage_command(spec_path: Path, launch: dict | None = None) -> list[str]:
+    """The command line that runs one stage: ``python -m r1flow.stages SPEC`` for one process, or
+    under ``accelerate launch`` with ``configs/accelerate/<strategy>.yaml`` when the stage's
+    ``launch`` asks for several processes or machines. A multi-node stage reads its machine rank
+    and rank 0's address from ``R1FLOW_MACHINE_RANK`` / ``R1FLOW_MAIN_PROCESS_IP`` (set per node,
+    e.g. from the Kubernetes job's completion index)."""
+    launch = launch or {}
+    processes, machines = int(launch.get("processes", 1)), int(launch.get("machines", 1))
+    stage = ["-m", "r1flow.stages", str(spec_path)]
+    if processes * machines == 1:
+        return [sys.executable, *stage]
+    config = ACCELERATE_CONFIGS / f"{launch.get('strategy', 'ddp')}.yaml"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
+           "--num_processes", str(processes * machines), "--num_machines", str(machines),
+           "--main_process_port", str(launch.get("main_process_port", 29500))]
+    if machines > 1:
+        cmd += ["--machine_rank", os.environ.get("R1FLOW_MACHINE_RANK", "0"),
+                "--main_process_ip", os.environ.get("R1FLOW_MAIN_PROCESS_IP", "127.0.0.1")]
+    return cmd + stage
 
 
 def run_process(cmd: list[str], *, env: dict[str, str] | None = None,

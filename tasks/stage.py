@@ -98,7 +98,7 @@ def run_stage(stage: str, key: str, config: dict[str, Any], inputs: dict[str, Ar
     with tempfile.NamedTemporaryFile("w", suffix=".json", dir=runtime.home, delete=False) as f:
         f.write(spec.model_dump_json())
     try:
-        code = run_process(stage_command(Path(f.name)),
+        code = run_process(stage_command(Path(f.name), config.get("launch")),
                            env=runtime.stage_env(), on_event=on_event, on_line=on_line)
     finally:
         os.unlink(f.name)

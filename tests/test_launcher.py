@@ -70,3 +70,23 @@ def test_cancelling_kills_the_whole_process_group():
     while _alive(grandchild) and time.time() < deadline:
         time.sleep(0.1)
     assert not _alive(grandchild), "grandchild orphaned"
+
+
+def test_stage_command_picks_accelerate_for_several_processes_or_machines(monkeypatch, tmp_path):
+    from r1flow.launcher import ACCELERATE_CONFIGS, stage_command
+
+    spec = tmp_path / "spec.json"
+    assert stage_command(spec)[1:] == ["-m", "r1flow.stages", str(spec)]
+    assert stage_command(spec, {"processes": 1, "machines": 1})[1:] == ["-m", "r1flow.stages", str(spec)]
+    two = stage_command(spec, {"processes": 2, "strategy": "ddp", "main_process_port": 29612})
+    assert two[1:3] == ["-m", "accelerate.commands.launch"] and two[-3:] == ["-m", "r1flow.stages", str(spec)]
+    assert two[two.index("--config_file") + 1] == str(ACCELERATE_CONFIGS / "ddp.yaml")
+    assert (two[two.index("--num_processes") + 1], two[two.index("--main_process_port") + 1]) == ("2", "29612")
+    assert "--machine_rank" not in two
+    monkeypatch.setenv("R1FLOW_MACHINE_RANK", "3")
+    monkeypatch.setenv("R1FLOW_MAIN_PROCESS_IP", "10.0.0.7")
+    nodes = stage_command(spec, {"processes": 8, "machines": 4})
+    assert [nodes[nodes.index(f) + 1] for f in ("--num_processes", "--num_machines", "--machine_rank",
+                                                "--main_process_ip")] == ["32", "4", "3", "10.0.0.7"]
+    for strategy in ("ddp", "fsdp", "zero3"):
+        assert (ACCELERATE_CONFIGS / f"{strategy}.yaml").is_file()

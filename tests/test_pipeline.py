@@ -256,6 +256,38 @@ def test_killed_or_sharded_rejection_sampling_makes_the_same_dataset(micro_home)
     assert store.manifest(uri).digest == want.digest and (store.local_path(uri) / "sft.jsonl").read_text() == rows
 
 
+def test_a_stage_on_two_processes_through_the_launcher_trains_the_same_weights(micro_home):
+    """DDP through ``accelerate launch`` (``sft.launch.processes: 2``, gloo on CPU): each rank takes
+    every other row of a step and the gradients are summed over ranks, so the two-process SFT ends
+    at the weights one process reaches (to float noise), publishes one artifact and logs one MLflow
+    run, tagged with its world size."""
+    from safetensors.torch import load_file
+
+    from r1flow.store_local import LocalStore
+
+    home, _ = micro_home
+    args = ["stage", "sft", "--preset", "micro", "--name", "first", "--set", "sft.train.log_every=5"]
+
+    def weights(out):
+        text = out.stdout + out.stderr
+        assert out.returncode == 0, text[-4000:]
+        uri = next(line.split()[-1] for line in out.stdout.splitlines() if "artifacts/sft/" in line)
+        return uri, load_file(LocalStore(home / "store").local_path(uri) / "model" / "model.safetensors"), text
+
+    uri, one, _ = weights(r1flow(args, home))
+    same_uri, two, _ = weights(r1flow([*args, "--refresh", "--set", "sft.launch.processes=2"], home))
+    assert same_uri == uri  # launch is not in the cache key: the same artifact, re-made on two ranks
+    base = load_file(next((home / "store" / "artifacts" / "base").iterdir()) / "teacher" / "model.safetensors")
+    moved = max((one[k] - base[k]).abs().max().item() for k in one)
+    differ = max((one[k] - two[k]).abs().max().item() for k in one)
+    assert moved > 1e-3 and differ < 1e-3 * moved, (moved, differ)  # ranks' halves summed = one batch
+    mlflow_runs, tracking = _mlflow(home)
+    runs = mlflow_runs.client(tracking).search_runs(
+        [mlflow_runs.client(tracking).get_experiment_by_name(mlflow_runs.EXPERIMENT).experiment_id],
+        filter_string="tags.`r1flow.world_size` = '2'")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED" and runs[0].data.tags[mlflow_runs.TAG_STAGE] == "sft"
+
+
 def test_registered_candidate_is_evaluated_by_the_evaluation_flow(micro_home):
     """The pipeline registered its final model and student by reference (alias ``candidate``);
     the evaluation flow resolves ``models:/…@candidate`` to that store artifact, evaluates it (its

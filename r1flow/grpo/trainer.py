@@ -384,7 +384,7 @@ def train_grpo(model, tokenizer, prompts: list[dict], reward_fns: list[RewardSpe
             window = defaultdict(list)
         if rank == 0 and (done % params.sample_every == 0 or done == 1):
             tracker.log_table(_sample_rows(done, rows, rollouts, scores.total, group), f"samples_step{done}")
-        if checkpoints is not None and not spent and checkpoints.due(done, params.steps):
+        if rank == 0 and checkpoints is not None and not spent and checkpoints.due(done, params.steps):
             checkpoints.save(done, model=model, optimizer=optimizer, scheduler=scheduler,
                              extra={"rewards": rewards, "optimizer_steps": optimizer_steps, "window": dict(window),
                                     "train_flops": train_flops})

@@ -8,6 +8,7 @@ presets point at hub models without copying weights into the store.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,8 @@ def setup_torch(ctx: StageContext):
     device = ctx.runtime.get("device", "cpu")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and "LOCAL_RANK" in os.environ:  # one GPU per process under `accelerate launch`
+        device = f"cuda:{os.environ['LOCAL_RANK']}"
     return torch.device(device)
 
 
@@ -100,7 +103,10 @@ def evaluate(ctx: StageContext, model, tokenizer, template: str, *, step: int = 
     """Paper §3 evaluation on every configured benchmark; logs ``eval/<bench>/<metric>`` at ``step``.
 
     Returns the metrics and, per benchmark, each problem's (strict, lenient) pass@1 over its k
-    samples — what a paired comparison of two checkpoints needs."""
+    samples — what a paired comparison of two checkpoints needs. Under DDP only rank 0 evaluates
+    (the ranks hold the same weights); the others get empty results."""
+    if ctx.rank != 0:
+        return {}, {}
     from r1flow.data.benchmarks import benchmark_name, load_benchmark
     from r1flow.engine import make_engine
     from r1flow.evaluate import evaluate_model

@@ -147,6 +147,18 @@ def _refusals() -> Iterator[None]:
         raise UserError(str(exc)) from exc
 
 
+def join_process_group(runtime: dict[str, Any]) -> int:
+    """Under ``accelerate launch`` (WORLD_SIZE > 1): join the process group — gloo on CPU, NCCL on
+    GPUs — so the trainers' gradient all-reduces span the ranks; returns this process's rank."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return int(os.environ.get("RANK", "0"))
+    import torch
+    from accelerate import PartialState
+
+    cpu = runtime.get("device", "cpu") == "cpu" or not torch.cuda.is_available()
+    return PartialState(cpu=cpu).process_index
+
+
 def mixed_precision(runtime: dict[str, Any]):
     """``dtype: bfloat16``: fp32 weights, gradients and optimizer state, bf16 matmuls
     (``torch.autocast`` on the stage's device; softmax and log-probs stay fp32 under its rules).
@@ -184,6 +196,8 @@ def run_spec(spec: StageSpec, rank: int = 0) -> ArtifactRef | None:
         mlflow_runs.log_params(spec.tracking_uri, spec.mlflow_run_id,
                                mlflow_runs.flatten(config.model_dump(mode="json")))
     ctx = StageContext(spec, config, inputs, workdir, store, tracker, rank)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        ctx.set_tags(**{"r1flow.world_size": os.environ["WORLD_SIZE"]})
     monitor = mlflow_runs.system_metrics(spec.tracking_uri, spec.mlflow_run_id) if tracking else None
     try:
         with _refusals():
@@ -233,13 +247,13 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) != 1:
         print("usage: python -m r1flow.stages SPEC.json", file=sys.stderr)
         return EXIT_INPUT_ERROR
-    rank = int(os.environ.get("RANK", "0"))
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         spec = StageSpec.model_validate_json(Path(argv[0]).read_text())
     except (OSError, ValidationError) as exc:
         emit("error", kind="input", message=f"bad stage spec {argv[0]}: {exc}")
         return EXIT_INPUT_ERROR
+    rank = join_process_group(spec.runtime)
     status, code = "FAILED", 1
     try:
         ref = run_spec(spec, rank)

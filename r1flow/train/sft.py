@@ -188,20 +188,37 @@ def batch_loss(model, batch: dict[str, torch.Tensor], min_shared_prefix: int = 0
     return total / max(count, 1), count
 
 
-def accumulate(model, rows: list[dict], pad_id: int, params: SFTParams) -> tuple[float, int]:
+def accumulate(model, rows: list[tuple[list[int], list[int]]], pad_id: int, params: SFTParams) -> tuple[float, int]:
     """Forward/backward one optimizer step's rows in micro-batches; each micro-batch's summed loss is
-    divided by the whole step's label count, so the gradient equals the full batch's. Returns the
-    step's mean loss and its tokens (attention mask)."""
-    size = params.micro_batch_size or len(rows)
-    batches = [collate(rows[i:i + size], pad_id) for i in range(0, len(rows), size)]
-    labelled = max(sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in batches), 1)
+    divided by the whole step's label count, so the gradient equals the full batch's. Under DDP
+    (several ranks) each rank takes every world-th row and the gradients are summed over ranks:
+    the same gradient again. Returns the step's mean loss and its tokens (attention mask)."""
+    import torch.distributed as dist
+
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    labelled = max(sum(sum(label != IGNORE for label in labels[1:]) for _, labels in rows), 1)
+    mine = rows[dist.get_rank()::world] if world > 1 else rows
+    size = params.micro_batch_size or max(len(mine), 1)
     value = 0.0
-    for batch in batches:
-        loss, count = batch_loss(model, batch, params.min_shared_prefix)
+    for start in range(0, len(mine), size):
+        loss, count = batch_loss(model, collate(mine[start:start + size], pad_id), params.min_shared_prefix)
         share = loss * (count / labelled)
         share.backward()
         value += share.item()
-    return value, sum(int(b["attention_mask"].sum()) for b in batches)
+    if world > 1:
+        for p in model.parameters():  # every rank reduces the same list, even where a grad is missing
+            p.grad = p.grad if p.grad is not None else torch.zeros_like(p)
+            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+        total = torch.tensor([value], device=next(model.parameters()).device)
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        value = float(total.item())
+    return float(value), sum(len(ids) for ids, _ in rows)
+
+
+def _rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def total_steps(n_examples: int, params: SFTParams) -> int:
@@ -283,7 +300,7 @@ def train_sft(
             tracker.progress(step + 1, steps, phase="SFT", loss=round(metrics["loss"], 4))
             final_window = metrics["loss"]
             window_losses, window_tokens, window_start = [], 0, time.perf_counter()
-        if checkpoints is not None and checkpoints.due(step + 1, steps):
+        if _rank() == 0 and checkpoints is not None and checkpoints.due(step + 1, steps):
             checkpoints.save(step + 1, model=model, optimizer=optimizer, scheduler=scheduler, extra={
                 "window_losses": window_losses, "window_tokens": window_tokens, "all_losses": all_losses,
                 "tokens_seen": tokens_seen, "final_window": final_window})
