@@ -186,7 +186,8 @@ def run_spec(spec: StageSpec, rank: int = 0) -> ArtifactRef | None:
         store.check()
         work_root = Path(spec.work_root or tempfile.gettempdir())
         work_root.mkdir(parents=True, exist_ok=True)
-        inputs = _resolve_inputs(store, spec, work_root / "inputs")
+        # ranks of one stage download remote inputs into folders of their own: no race between them
+        inputs = _resolve_inputs(store, spec, work_root / ("inputs" if rank == 0 else f"inputs-rank{rank}"))
     workdir = Path(tempfile.mkdtemp(prefix=f"{spec.stage}-", dir=work_root))
     spill = work_root / "metric-spill"  # metrics waiting out a tracking-server outage (r1flow.metric_queue)
     spill.mkdir(exist_ok=True)
