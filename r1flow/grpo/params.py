@@ -38,6 +38,10 @@ class GRPOParams(BaseModel):
     log_every: int = Field(1, ge=1, description="rollout batches between metric reports")
     sample_every: int = Field(25, ge=1, description="rollout batches between logged sample tables")
 
+    def budget_spent(self, train_flops: float) -> bool:
+        """Has a run that spent ``train_flops`` reached ``max_train_flops`` (never, without a budget)?"""
+        return bool(self.max_train_flops) and train_flops >= self.max_train_flops
+
     @model_validator(mode="after")
     def _minibatches_divide(self) -> GRPOParams:
         rows = self.prompts_per_step * self.group_size

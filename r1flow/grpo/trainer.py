@@ -47,7 +47,6 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
 
 from r1flow.attention import use_native_gqa
@@ -59,6 +58,7 @@ from r1flow.grpo.logprobs import shared_prompt_logprobs
 from r1flow.grpo.loss import group_advantages, grpo_loss, zero_variance_groups
 from r1flow.grpo.params import GRPOParams
 from r1flow.grpo.rewarding import RewardScores, RewardSpec, reward_metrics, score_batch
+from r1flow.ranks import all_ranks_sum, rank_world
 from r1flow.tracking import NullTracker, Tracker
 
 SAMPLE_ROWS = 8
@@ -152,17 +152,6 @@ def batch_logprobs(model, batch: RolloutBatch, micro_batch_size: int, temperatur
 
 # ---------------------------------------------------------------- gradients
 
-def all_ranks_sum(tensors: list[Tensor]) -> None:
-    """Sum each tensor in place over all ranks; nothing to do in a single process.
-
-    Used for the minibatch token/sequence counts (loss denominators) and for the gradients: each
-    rank's loss is its share of the global loss, so summed gradients are the global gradient.
-    """
-    if dist.is_available() and dist.is_initialized():
-        for tensor in tensors:
-            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-
-
 def minibatch_backward(model, batch: RolloutBatch, rows: Tensor, params: GRPOParams, *,
                        total_tokens: float, num_sequences: int) -> dict[str, float]:
     """Accumulate into ``.grad`` the GRPO loss gradient of minibatch ``rows``, micro-batch by micro-batch.
@@ -243,12 +232,6 @@ class _Clock:
         self.times[name] += time.perf_counter() - start
 
 
-def _rank_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def _frozen_copy(model):
     ref = copy.deepcopy(model).eval()
     for p in ref.parameters():
@@ -319,7 +302,7 @@ def train_grpo(model, tokenizer, prompts: list[dict], reward_fns: list[RewardSpe
     if not prompts:
         raise ValueError("train_grpo needs at least one prompt")
     tracker = tracker or NullTracker()
-    rank, world = _rank_world()
+    rank, world = rank_world()
     k, group = params.prompts_per_step, params.group_size
     torch.manual_seed(params.seed)
     engine = engine or DecodeEngine(model, tokenizer, batch_size=k * group)
@@ -339,7 +322,7 @@ def train_grpo(model, tokenizer, prompts: list[dict], reward_fns: list[RewardSpe
         window = defaultdict(list, restored.extra["window"])
         train_flops = float(restored.extra.get("train_flops", 0.0))
     engine.sync_weights(model)  # an engine holding its own copy (vLLM) starts from these weights
-    spent = bool(params.max_train_flops) and train_flops >= params.max_train_flops  # a budget-stopped run resumed
+    spent = params.budget_spent(train_flops)  # a budget-stopped run, resumed
     for step in range(first, params.steps if not spent else first):
         clock, step_start = _Clock(), time.perf_counter()
         picked = step_prompt_indices(len(prompts), k * world, params.seed, step)[rank * k:(rank + 1) * k]
@@ -375,7 +358,7 @@ def train_grpo(model, tokenizer, prompts: list[dict], reward_fns: list[RewardSpe
         for key, value in metrics.items():
             window[key].append(value)
         done = step + 1
-        spent = bool(params.max_train_flops) and train_flops >= params.max_train_flops
+        spent = params.budget_spent(train_flops)
         if rank == 0 and (done % params.log_every == 0 or done == params.steps or spent):
             tracker.log_metrics({**{key: sum(v) / len(v) for key, v in window.items()}, "train_flops": train_flops},
                                 done)

@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from r1flow.checkpoint import Checkpointer
 from r1flow.flops import compute_params, sft_flops
+from r1flow.ranks import all_ranks_sum, rank_world
 from r1flow.tracking import NullTracker, Tracker
 
 IGNORE = -100
@@ -193,11 +194,9 @@ def accumulate(model, rows: list[tuple[list[int], list[int]]], pad_id: int, para
     divided by the whole step's label count, so the gradient equals the full batch's. Under DDP
     (several ranks) each rank takes every world-th row and the gradients are summed over ranks:
     the same gradient again. Returns the step's mean loss and its tokens (attention mask)."""
-    import torch.distributed as dist
-
-    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    rank, world = rank_world()
     labelled = max(sum(sum(label != IGNORE for label in labels[1:]) for _, labels in rows), 1)
-    mine = rows[dist.get_rank()::world] if world > 1 else rows
+    mine = rows[rank::world]
     size = params.micro_batch_size or max(len(mine), 1)
     value = 0.0
     for start in range(0, len(mine), size):
@@ -208,17 +207,10 @@ def accumulate(model, rows: list[tuple[list[int], list[int]]], pad_id: int, para
     if world > 1:
         for p in model.parameters():  # every rank reduces the same list, even where a grad is missing
             p.grad = p.grad if p.grad is not None else torch.zeros_like(p)
-            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
         total = torch.tensor([value], device=next(model.parameters()).device)
-        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        all_ranks_sum([p.grad for p in model.parameters()] + [total])
         value = float(total.item())
     return float(value), sum(len(ids) for ids, _ in rows)
-
-
-def _rank() -> int:
-    import torch.distributed as dist
-
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def total_steps(n_examples: int, params: SFTParams) -> int:
@@ -300,7 +292,7 @@ def train_sft(
             tracker.progress(step + 1, steps, phase="SFT", loss=round(metrics["loss"], 4))
             final_window = metrics["loss"]
             window_losses, window_tokens, window_start = [], 0, time.perf_counter()
-        if _rank() == 0 and checkpoints is not None and checkpoints.due(step + 1, steps):
+        if rank_world()[0] == 0 and checkpoints is not None and checkpoints.due(step + 1, steps):
             checkpoints.save(step + 1, model=model, optimizer=optimizer, scheduler=scheduler, extra={
                 "window_losses": window_losses, "window_tokens": window_tokens, "all_losses": all_losses,
                 "tokens_seen": tokens_seen, "final_window": final_window})
