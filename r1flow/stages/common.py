@@ -46,14 +46,9 @@ def load_policy(artifact: Path, ctx: StageContext, which: str = "teacher"):
     """(model, tokenizer) on the stage's device, from an artifact's model folder or source.json."""
     from r1flow.modeling import load_model
 
-    folder = model_dir(artifact, which)
-    source = folder / "source.json"
-    if source.exists():
-        spec = json.loads(source.read_text())
-        model, tok = load_model(spec["source"], revision=spec.get("revision"),
-                                trust_remote_code=spec.get("trust_remote_code", False))
-    else:
-        model, tok = load_model(str(folder))
+    where = model_location(artifact, which)
+    model, tok = load_model(where["model_path"], revision=where.get("revision"),
+                            trust_remote_code=where.get("trust_remote_code", False))
     return model.to(setup_torch(ctx)), tok
 
 
@@ -67,6 +62,12 @@ def model_location(artifact: Path, which: str = "teacher") -> dict[str, Any]:
     spec = json.loads(source.read_text())
     return {"model_path": spec["source"], "revision": spec.get("revision"),
             "trust_remote_code": bool(spec.get("trust_remote_code", False))}
+
+
+def vllm_engine_kw(ctx: StageContext, artifact: Path, which: str = "teacher") -> dict[str, Any]:
+    """What ``make_engine("vllm", …)`` needs beyond the model object: where vLLM loads the policy
+    from, and the stage's dtype."""
+    return {**model_location(artifact, which), "dtype": ctx.runtime.get("dtype", "float32")}
 
 
 def save_policy(model, tokenizer, ctx: StageContext, sub: str = "model") -> Path:

@@ -14,7 +14,7 @@ exactly what one run would have — a chunk's rows depend only on its index, not
 from __future__ import annotations
 
 from r1flow.config import RejectionConfig
-from r1flow.stages.common import (load_policy, model_location, problems, sample_rows, sampling_engine,
+from r1flow.stages.common import (load_policy, problems, sample_rows, sampling_engine, vllm_engine_kw,
                                   write_dataset)
 from r1flow.stages.runner import StageContext
 
@@ -43,8 +43,7 @@ def run(ctx: StageContext) -> None:
     chunks = ctx.chunk_log() if cfg.checkpoint_chunks else None
     engine, engine_kw = sampling_engine(ctx), None
     if cfg.engine == "vllm":  # vLLM loads the saved policy itself
-        engine = "vllm"
-        engine_kw = {**model_location(ctx.inputs["policy"]), "dtype": ctx.runtime.get("dtype", "float32")}
+        engine, engine_kw = "vllm", vllm_engine_kw(ctx, ctx.inputs["policy"])
     samples = sample_rows(model, tokenizer, prompts, template="r1", k=cfg.samples_per_prompt,
                           temperature=cfg.temperature, top_p=cfg.top_p,
                           max_new_tokens=cfg.max_new_tokens, seed=seed, engine=engine, engine_kw=engine_kw,

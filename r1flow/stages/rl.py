@@ -15,7 +15,7 @@ from types import SimpleNamespace
 from typing import Any, Callable
 
 from r1flow.config import PromptSource, RewardSpec, RLConfig
-from r1flow.stages.common import evaluate, load_policy, model_location, paired_gain, problems, save_policy
+from r1flow.stages.common import evaluate, load_policy, paired_gain, problems, save_policy, vllm_engine_kw
 from r1flow.stages.runner import StageContext
 
 Config = RLConfig
@@ -126,8 +126,7 @@ def run(ctx: StageContext) -> None:
             recorded.history.append((step, evaluate(ctx, model, tokenizer, cfg.template, step=step, write=False)[0]))
 
     ctx.log(f"{ctx.spec.stage}: GRPO for {cfg.grpo.steps} steps on {len(prompts)} prompts")
-    extra = {**model_location(ctx.inputs["policy"], cfg.model), "dtype": ctx.runtime.get("dtype", "float32")} \
-        if cfg.engine == "vllm" else {}
+    extra = vllm_engine_kw(ctx, ctx.inputs["policy"], cfg.model) if cfg.engine == "vllm" else {}
     engine = make_engine(cfg.engine, model, tokenizer, batch_size=cfg.grpo.prompts_per_step * cfg.grpo.group_size,
                          **extra)
     final = train_grpo(model, tokenizer, prompts, reward_fns, cfg.grpo, recorded, engine=engine,
