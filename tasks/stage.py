@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -95,13 +96,9 @@ def run_stage(stage: str, key: str, config: dict[str, Any], inputs: dict[str, Ar
     shards = int(config.get("launch", {}).get("shards", 1))
     if shards > 1:
         run_shards(spec, shards, runtime)
-    with tempfile.NamedTemporaryFile("w", suffix=".json", dir=runtime.home, delete=False) as f:
-        f.write(spec.model_dump_json())
     try:
-        code = run_process(stage_command(Path(f.name), config.get("launch")),
-                           env=runtime.stage_env(), on_event=on_event, on_line=on_line)
+        code = run_spec_process(spec, runtime, config.get("launch"), on_event, on_line)
     finally:
-        os.unlink(f.name)
         progress.close()
     try:
         check_exit(code, stage, result.get("error"))
@@ -113,6 +110,20 @@ def run_stage(stage: str, key: str, config: dict[str, Any], inputs: dict[str, Ar
     if "ref" not in result:
         raise StageCrashed(f"stage {stage} exited cleanly but published no artifact")
     return result["ref"]
+
+
+def run_spec_process(spec: StageSpec, runtime: Runtime, launch: dict[str, Any] | None,
+                     on_event: Callable[[dict[str, Any]], None],
+                     on_line: Callable[[str], None] = lambda line: None) -> int:
+    """Write ``spec`` to a file in the state folder, run the stage process on it (under
+    ``accelerate launch`` when ``launch`` asks for several processes), return its exit code."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json", dir=runtime.home, delete=False) as f:
+        f.write(spec.model_dump_json())
+    try:
+        return run_process(stage_command(Path(f.name), launch), env=runtime.stage_env(), on_event=on_event,
+                           on_line=on_line)
+    finally:
+        os.unlink(f.name)
 
 
 def run_shards(spec: StageSpec, n: int, runtime: Runtime) -> None:
@@ -133,12 +144,7 @@ def run_shards(spec: StageSpec, n: int, runtime: Runtime) -> None:
             elif event["event"] == "log":
                 logger.info("shard %d/%d: %s", i + 1, n, event.get("message"))
 
-        with tempfile.NamedTemporaryFile("w", suffix=".json", dir=runtime.home, delete=False) as f:
-            f.write(shard.model_dump_json())
-        try:
-            code = run_process(stage_command(Path(f.name)), env=runtime.stage_env(), on_event=on_event)
-        finally:
-            os.unlink(f.name)
+        code = run_spec_process(shard, runtime, None, on_event)
         check_exit(code, f"{spec.stage} shard {i + 1}/{n}", errors[-1] if errors else None)
 
     logger.info("stage %s: %d shards", spec.stage, n)
