@@ -131,13 +131,13 @@ def findings(quick: bool = False, name: str = "findings", spec_path: str = str(D
     spec = load_findings(spec_path)
     preset = spec.quick_preset if quick else spec.preset
     eval_every = 1 if quick else 40
-    uri = Runtime(experiment=EXPERIMENT).tracking_uri
-    arms = {seed: read_seed(uri, seed, name) if report_only else run_seed(preset, seed, spec, name, eval_every)
-            for seed in spec.seeds}
+    runtime = Runtime(experiment=EXPERIMENT)
+    arms = {seed: read_seed(runtime.tracking_uri, seed, name) if report_only
+            else run_seed(preset, seed, spec, name, eval_every) for seed in spec.seeds}
     config = load_config(preset)
     k, horizon = config.evaluate.k, config.r1_zero.grpo.steps
     found = verdicts(spec, arms, k, horizon)
-    out = Runtime(experiment=EXPERIMENT).home / "findings" / name
+    out = runtime.home / "findings" / name
     out.mkdir(parents=True, exist_ok=True)
     plots = []
     for file, (title, panels, drawn) in CURVES.items():
@@ -146,7 +146,6 @@ def findings(quick: bool = False, name: str = "findings", spec_path: str = str(D
             plots.append(file)
     report = out / "report.md"
     report.write_text(render(spec, preset, arms, found, k, horizon, quick, plots))
-    runtime = Runtime(experiment=EXPERIMENT)
     run_id = mlflow_runs.start_run(runtime.tracking_uri, runtime.experiment_id(), f"{name} report",
                                    tags={"r1flow.findings": name, "r1flow.quick": str(quick)})
     client = mlflow_runs.client(runtime.tracking_uri)
