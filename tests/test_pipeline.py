@@ -7,53 +7,20 @@ then a changed stage config that re-runs exactly that stage and those downstream
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import pytest
 
 from r1flow.config import STAGES
-from tests.conftest import REPO, cli_env, r1flow
+from tests.conftest import REPO, r1flow
+from tests.prefect_states import flow_run_id, prefect_states
 
 pytestmark = pytest.mark.usefixtures("prefect_api")  # one real Prefect server for the module's runs
 
 DOWNSTREAM_OF_SFT = {"sft", "final_rl"}
 
-PREFECT_STATES = """
-import asyncio, json, sys
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterId
-
-async def main(flow_run_id):
-    async with get_client() as client:
-        runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-        flow_run = await client.read_flow_run(flow_run_id)
-        artifacts = await client.read_artifacts(
-            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
-        print(json.dumps({"flow": flow_run.state.name,
-                          "tasks": {r.name: r.state.name for r in runs},
-                          "progress": [[a.data, a.description] for a in artifacts if a.type == "progress"]}))
-
-asyncio.run(main(sys.argv[1]))
-"""
-
-
 def _mlflow(home):
     from r1flow import mlflow_runs
 
     return mlflow_runs, f"sqlite:///{home / 'mlflow.db'}"
-
-
-def _flow_run_id(stdout: str) -> str:
-    return next(line.split()[-1] for line in stdout.splitlines() if line.startswith("Prefect flow run:"))
-
-
-def _prefect_states(home, flow_run_id: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", PREFECT_STATES, flow_run_id], cwd=REPO, env=cli_env(home),
-                         capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +49,7 @@ def test_micro_pipeline_tracks_every_stage(micro_home):
     for key in ("reward/mean", "reward/accuracy/mean", "reward/language/mean", "clip_fraction",
                 "response_length/mean", "eval/arith_heldout/pass_at_1", "eval_gain/arith_heldout/pass_at_1"):
         assert key in rl.data.metrics, key
-    states = _prefect_states(home, _flow_run_id(first.stdout))
+    states = prefect_states(home, flow_run_id(first.stdout))
     assert states["flow"] == "Completed"
     assert set(states["tasks"].values()) == {"Completed"}
     # progress: the terminal (not a TTY here: log lines) and a Prefect progress artifact per stage
@@ -134,7 +101,7 @@ def test_second_run_is_cached_and_starts_no_stage(micro_home):
     home, _ = micro_home
     second = r1flow(["run", "--preset", "micro", "--name", "second"], home)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    states = _prefect_states(home, _flow_run_id(second.stdout))
+    states = prefect_states(home, flow_run_id(second.stdout))
     assert states["tasks"] and set(states["tasks"].values()) == {"Cached"}, states
     mlflow_runs, uri = _mlflow(home)
     parent = mlflow_runs.find_pipeline_runs(uri, "second")[0]
@@ -419,7 +386,7 @@ def test_mlflow_and_prefect_uis_show_the_run_in_a_real_browser(micro_home, prefe
                 page.get_by_role("link", name=stage, exact=True).wait_for(timeout=10_000)
             page.screenshot(path=SCREENSHOTS / "mlflow-parent-run.png", full_page=True)
 
-            page.goto(f"{prefect_api.removesuffix('/api')}/runs/flow-run/{_flow_run_id(first.stdout)}")
+            page.goto(f"{prefect_api.removesuffix('/api')}/runs/flow-run/{flow_run_id(first.stdout)}")
             page.get_by_text("Artifacts", exact=True).first.click(timeout=60_000)
             for stage in STAGES:
                 page.get_by_text(f"first-{stage.replace('_', '-')}", exact=True).first.wait_for(timeout=30_000)
