@@ -59,13 +59,18 @@ def evaluation(model: str, config: dict[str, Any], name: str = "r1-eval", refres
 @flow(name="r1-stage")
 def stage(stage: str, config: dict[str, Any], inputs: dict[str, str], name: str = "r1-stage",
           refresh: bool = False, allow_config_change: bool = False, parent_run_id: str | None = None,
-          expected: dict[str, str] | None = None) -> dict:
+          expected: dict[str, str] | None = None, shard: list[int] | None = None) -> dict:
     """Run one stage on explicit inputs (artifact URIs): by hand, or as the flow run a pipeline
     launches on a GPU pool (``launch.kind: deployment``; it then logs under the pipeline's MLflow run
-    and refuses at once if its cache key differs from ``expected``, the one the pipeline computed)."""
+    and refuses at once if its cache key differs from ``expected``, the one the pipeline computed).
+    ``shard=[i, N]``: only shard i of a generation stage (``launch.shards``), publishing nothing."""
     with PipelineRun(resolve(config), name, [stage] if refresh else None, flow="r1-stage", stages=(stage,),
                      allow_config_change=allow_config_change, parent_run_id=parent_run_id,
                      expected=expected) as run:
         store = run.runtime.store()
-        run.stage(stage, **{k: store.ref(uri) for k, uri in inputs.items()})
+        refs = {k: store.ref(uri) for k, uri in inputs.items()}
+        if shard:
+            run.shard(stage, *shard, **refs)
+        else:
+            run.stage(stage, **refs)
     return run.summary()

@@ -28,13 +28,13 @@ from prefect.settings import PREFECT_UI_URL
 from r1flow import lineage, mlflow_runs
 from r1flow.cache import code_version, stage_key
 from r1flow.checkpoint import checkpoint_prefix, clear_saved
-from r1flow.config import PipelineConfig
+from r1flow.config import SHARDABLE, PipelineConfig
 from r1flow.preflight import preflight
 from r1flow.runtime import Runtime
 from r1flow.store import ArtifactRef
 from tasks import artifacts
 from tasks.remote import run_stage_deployment
-from tasks.stage import invalidate_stale, run_stage
+from tasks.stage import invalidate_stale, run_stage, run_stage_shard
 
 RESUMABLE_FLOWS = ("r1-pipeline", "r1-zero")
 
@@ -129,11 +129,7 @@ class PipelineRun:
 
     def stage(self, name: str, **inputs: ArtifactRef) -> ArtifactRef:
         """Run (or reuse) one stage and return its artifact."""
-        section = self.config.section(name)
-        config = section.model_dump(mode="json")
-        exclude = getattr(section, "cache_exclude", set())
-        key = stage_key(name, config, self.runtime.stage_runtime(), inputs, exclude=exclude)
-        self._check_expected(name, key)
+        section, config, exclude, key = self._keyed(name, inputs)
         attempt = lineage.StageAttempt(
             stage=name, key=key, config={k: v for k, v in config.items() if k not in exclude},
             runtime=self.runtime.stage_runtime(), inputs={k: v.digest for k, v in inputs.items()},
@@ -169,6 +165,25 @@ class PipelineRun:
         artifacts.stage_summary(self.name, name, attempt.status, ref, self.runtime.tracking_uri, self.exp_id)
         self.refs[name] = ref
         return ref
+
+    def shard(self, name: str, index: int, count: int, **inputs: ArtifactRef) -> None:
+        """Generate shard ``index`` of ``count`` of a generation stage: its chunks are saved under
+        the stage's output key, for the merging run (no artifact, no MLflow run of its own)."""
+        if name not in SHARDABLE or not 0 <= index < count:
+            raise ValueError(f"shard [{index}, {count}] of stage {name}: need 0 <= i < N and a stage that "
+                             f"splits into shards ({', '.join(SHARDABLE)})")
+        _, config, _, key = self._keyed(name, inputs)
+        run_stage_shard(name, key, config, inputs, self.runtime, index, count)
+
+    def _keyed(self, name: str, inputs: dict[str, ArtifactRef]) -> tuple[Any, dict[str, Any], set[str], str]:
+        """The stage's section, its config, the fields left out of its cache key, and the key —
+        checked against the one the launching pipeline expects."""
+        section = self.config.section(name)
+        config = section.model_dump(mode="json")
+        exclude = getattr(section, "cache_exclude", set())
+        key = stage_key(name, config, self.runtime.stage_runtime(), inputs, exclude=exclude)
+        self._check_expected(name, key)
+        return section, config, exclude, key
 
     def _check_expected(self, stage: str, key: str) -> None:
         """Fail fast, before any work, when this side would compute another output than the

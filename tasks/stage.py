@@ -66,10 +66,7 @@ def run_stage(stage: str, key: str, config: dict[str, Any], inputs: dict[str, Ar
         return ref
     run_id = (_reattach_mlflow_run(store, output_key, runtime)
               or _start_mlflow_run(stage, key, inputs, runtime, _warm_start_tags(store, warm_start)))
-    spec = StageSpec(stage=stage, config=config, runtime=runtime.stage_runtime(), inputs=inputs,
-                     output_key=output_key, store_root=runtime.store_root,
-                     s3_endpoint_url=runtime.s3_endpoint_url, tracking_uri=runtime.tracking_uri,
-                     mlflow_run_id=run_id, warm_start=warm_start, work_root=str(runtime.home / "work"))
+    spec = stage_spec(stage, config, inputs, runtime, output_key, run_id, warm_start)
     result: dict[str, Any] = {}
     tail: deque[str] = deque(maxlen=40)  # the process's last plain lines, shown if it fails
     progress = StageProgress(stage)
@@ -126,30 +123,52 @@ def run_spec_process(spec: StageSpec, runtime: Runtime, launch: dict[str, Any] |
         os.unlink(f.name)
 
 
+def stage_spec(stage: str, config: dict[str, Any], inputs: dict[str, ArtifactRef], runtime: Runtime,
+               output_key: str, run_id: str | None = None, warm_start: str | None = None) -> StageSpec:
+    return StageSpec(stage=stage, config=config, runtime=runtime.stage_runtime(), inputs=inputs,
+                     output_key=output_key, store_root=runtime.store_root,
+                     s3_endpoint_url=runtime.s3_endpoint_url, tracking_uri=runtime.tracking_uri,
+                     mlflow_run_id=run_id, warm_start=warm_start, work_root=str(runtime.home / "work"))
+
+
 def run_shards(spec: StageSpec, n: int, runtime: Runtime) -> None:
     """Shards 0..n-1 of a generation stage, each its own process, all at once. They save chunks and
     publish nothing (no MLflow run of their own: the merging run that follows logs the stage); the
     first failure fails the stage, and its retry reuses every chunk already saved."""
     from concurrent.futures import ThreadPoolExecutor
 
-    logger = get_run_logger()
-
-    def one(i: int) -> None:
-        errors: list[str] = []
-        shard = spec.model_copy(update={"shard": (i, n), "mlflow_run_id": None})
-
-        def on_event(event: dict[str, Any]) -> None:
-            if event["event"] == "error":
-                errors.append(str(event.get("message")))
-            elif event["event"] == "log":
-                logger.info("shard %d/%d: %s", i + 1, n, event.get("message"))
-
-        code = run_spec_process(shard, runtime, None, on_event)
-        check_exit(code, f"{spec.stage} shard {i + 1}/{n}", errors[-1] if errors else None)
-
+    logger = get_run_logger()  # the pool's threads do not see the run context
     logger.info("stage %s: %d shards", spec.stage, n)
     with ThreadPoolExecutor(n) as pool:
-        list(pool.map(one, range(n)))
+        list(pool.map(lambda i: run_one_shard(spec, i, n, runtime, logger), range(n)))
+
+
+def run_one_shard(spec: StageSpec, i: int, n: int, runtime: Runtime, logger) -> None:
+    """Shard ``i`` of ``n`` as its own process: it saves its chunks (resuming from those saved)."""
+    errors: list[str] = []
+    shard = spec.model_copy(update={"shard": (i, n), "mlflow_run_id": None})
+
+    def on_event(event: dict[str, Any]) -> None:
+        if event["event"] == "error":
+            errors.append(str(event.get("message")))
+        elif event["event"] == "log":
+            logger.info("shard %d/%d: %s", i + 1, n, event.get("message"))
+
+    code = run_spec_process(shard, runtime, None, on_event)
+    check_exit(code, f"{spec.stage} shard {i + 1}/{n}", errors[-1] if errors else None)
+
+
+@task(name="stage-shard", task_run_name="{stage}-shard-{index}", retries=1, retry_delay_seconds=2,
+      retry_condition_fn=retry_crashes_only)
+def run_stage_shard(stage: str, key: str, config: dict[str, Any], inputs: dict[str, ArtifactRef],
+                    runtime: Runtime, index: int, count: int) -> None:
+    """Shard ``index`` (0-based) of ``count`` of a generation stage as this flow run's work
+    (``launch.kind: deployment`` with ``launch.shards``: the pipeline launches one flow run per
+    shard, then the merging one)."""
+    if published(stage, runtime.store(), output_key := runtime.output_key(stage, key)):
+        return  # merged already: nothing left to generate
+    run_one_shard(stage_spec(stage, config, inputs, runtime, output_key), index, count, runtime,
+                  get_run_logger())
 
 
 def published(stage: str, store, output_key: str) -> ArtifactRef | None:

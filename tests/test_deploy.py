@@ -23,9 +23,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, cli_env
+from tests.conftest import REPO, cli_env, r1flow
 
 REMOTE = ("sft", "distill")  # the stages sent to the "GPU" pool
+SHARDED = {"launch": {"kind": "deployment", "shards": 2}, "chunk_prompts": 8}  # 4 chunks: shards {0, 2}, {1, 3}
 
 
 def prefect(args: list[str], env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
@@ -50,6 +51,8 @@ async def _read_back(flow_run_id: str) -> dict:
         deployments = {d.id: d.name for d in await client.read_deployments()}
         return {"state": run.state.name, "tasks": {t.name: t.state.name for t in tasks},
                 "children": {deployments.get(c.deployment_id, "?"): c.state.name for c in children},
+                "named": {c.name: {"state": c.state.name, "start": c.start_time, "end": c.end_time}
+                          for c in children},
                 "artifacts": {a.key: a.type for a in artifacts if a.key}, "deployments": sorted(deployments.values())}
 
 
@@ -62,11 +65,13 @@ def test_a_deployed_pipeline_runs_on_a_worker_with_stages_on_a_second_pool(tmp_p
     deployed = prefect(["deploy", "--all", "--prefect-file", "deployments/prefect.yaml"], env)
     assert "r1-pipeline/r1-pipeline" in deployed.stdout, deployed.stdout[-3000:]
 
-    gpu_worker = subprocess.Popen([sys.executable, "-m", "prefect", "worker", "start", "--pool", "r1flow-gpu",
-                                   "--limit", "1"], cwd=REPO, env=env, stdout=open(tmp_path / "gpu.log", "w"),
-                                  stderr=subprocess.STDOUT, start_new_session=True)
+    gpu_workers = [subprocess.Popen([sys.executable, "-m", "prefect", "worker", "start", "--pool", "r1flow-gpu",
+                                     "--limit", "1", "--name", f"gpu-{i}"], cwd=REPO, env=env,
+                                    stdout=open(tmp_path / f"gpu-{i}.log", "w"), stderr=subprocess.STDOUT,
+                                    start_new_session=True) for i in range(2)]
     try:
-        config = {"preset": "micro", **{s: {"launch": {"kind": "deployment"}} for s in REMOTE}}
+        config = {"preset": "micro", **{s: {"launch": {"kind": "deployment"}} for s in REMOTE},
+                  "rejection_sampling": SHARDED}
         started = prefect(["deployment", "run", "r1-pipeline/r1-pipeline", "--params",
                            json.dumps({"config": config, "name": "deployed"})], env)
         flow_run_id = next(line.split()[-1] for line in started.stdout.splitlines() if "UUID" in line)
@@ -77,17 +82,24 @@ def test_a_deployed_pipeline_runs_on_a_worker_with_stages_on_a_second_pool(tmp_p
         nightly_id = next(line.split()[-1] for line in nightly.stdout.splitlines() if "UUID" in line)
         nightly_state = _wait_final(prefect_server, nightly_id)
     finally:
-        os.killpg(gpu_worker.pid, signal.SIGTERM)
-        gpu_worker.wait(timeout=60)
+        for worker in gpu_workers:
+            os.killpg(worker.pid, signal.SIGTERM)
+        for worker in gpu_workers:
+            worker.wait(timeout=60)
 
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     with temporary_settings({PREFECT_API_URL: prefect_server}):
         seen = asyncio.run(_read_back(flow_run_id))
-    log = (tmp_path / "gpu.log").read_text()[-3000:]
+    log = "\n".join((tmp_path / f"gpu-{i}.log").read_text()[-2000:] for i in range(2))
     assert seen["state"] == "Completed", (seen, log)
     assert {"r1-pipeline", "r1-zero", "r1-evaluation", "sft", "distill", "base"} <= set(seen["deployments"])
-    assert seen["children"] == {s: "Completed" for s in REMOTE}, (seen, log)
+    assert seen["children"] == {s: "Completed" for s in (*REMOTE, "rejection_sampling")}, (seen, log)
+    # sharded rejection sampling: two shard flow runs side by side on the two workers, then the merge
+    shard_runs = {n: c for n, c in seen["named"].items() if n.startswith("rejection_sampling-")}
+    assert sorted(shard_runs) == ["rejection_sampling-merge", "rejection_sampling-shard-1-of-2",
+                                  "rejection_sampling-shard-2-of-2"], seen["named"]
+    assert all(c["state"] == "Completed" for c in shard_runs.values()), shard_runs
     assert set(seen["tasks"]) >= {"base", "r1_zero", "reasoning_rl", "sft", "distill"}
     assert set(seen["tasks"].values()) == {"Completed"}, seen
     assert {"deployed-base", "deployed-reasoning-rl", "deployed-sft", "deployed-evaluation"} <= set(seen["artifacts"])
@@ -102,7 +114,19 @@ def test_a_deployed_pipeline_runs_on_a_worker_with_stages_on_a_second_pool(tmp_p
     assert all(stages[s].info.status == "FINISHED" for s in REMOTE)
     assert Path(home / "store" / "artifacts" / "sft").is_dir()
 
-    assert nightly_state == "Completed", (tmp_path / "gpu.log").read_text()[-3000:]
+    # the two shards' dataset is the one a single unsharded process makes (regenerated here, in place)
+    from r1flow.store_local import LocalStore
+
+    store = LocalStore(home / "store")
+    uri = parent.data.tags["r1flow.stage.rejection_sampling.uri"]
+    sharded = (store.manifest(uri).digest, (store.local_path(uri) / "sft.jsonl").read_text())
+    straight = r1flow(["stage", "rejection_sampling", "--preset", "micro", "--name", "deployed", "--refresh", "--set",
+                       "rejection_sampling.chunk_prompts=8"], home, PREFECT_API_URL=prefect_server)
+    assert straight.returncode == 0 and uri in straight.stdout, straight.stdout[-3000:] + straight.stderr[-3000:]
+    assert "reused" not in straight.stdout + straight.stderr  # --refresh: every chunk generated again
+    assert (store.manifest(uri).digest, (store.local_path(uri) / "sft.jsonl").read_text()) == sharded
+
+    assert nightly_state == "Completed", log
     version = mlflow_runs.client(uri).get_model_version_by_alias("r1flow-micro", "candidate")
     (evaluation,) = mlflow_runs.child_runs(uri, mlflow_runs.find_pipeline_runs(uri, "nightly")[0])
     assert version.tags["r1flow.evaluated.run"] == evaluation.info.run_id
