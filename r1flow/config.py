@@ -27,7 +27,7 @@ RULE_REWARDS = ("accuracy", "format", "language")
 STAGES = ("base", "r1_zero", "cold_start", "reasoning_rl", "rejection_sampling", "sft",
           "reward_model", "final_rl", "distill")
 EVALUATION = "evaluation"  # a stage of its own flow (evaluate one model), not of the pipeline
-SHARDABLE = ("rejection_sampling",)  # stages whose work splits into shards (launch.shards)
+SHARDABLE = ("rejection_sampling", "evaluation")  # stages whose work splits into shards (launch.shards)
 MULTI_PROCESS = ("r1_zero", "reasoning_rl", "final_rl", "sft", "distill")  # stages whose trainers run DDP
 
 
@@ -53,7 +53,7 @@ class Launch(Section):
     job_variables: dict[str, Any] = Field(default_factory=dict,
                                           description="work-pool job variables: image, GPUs, nodes, env")
     timeout_s: float | None = Field(None, gt=0, description="give up waiting for the stage flow run")
-    shards: int = Field(1, ge=1, description="generation stages (rejection_sampling): split the prompt chunks "
+    shards: int = Field(1, ge=1, description="generation stages (rejection_sampling, evaluation): split the chunks "
                         "over N runs, then merge — the same dataset for any N")
     processes: int = Field(1, ge=1, description="processes per machine (one per GPU) under `accelerate launch`")
     machines: int = Field(1, ge=1, description="machines of a multi-node stage; each runs with R1FLOW_MACHINE_RANK "

@@ -31,13 +31,16 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from r1flow.engine import GenerationEngine
 from r1flow.rewards import extract_answer, get_reward, gold_answer, mixes_languages, split_completion
 from r1flow.rewards.parsing import clean_answer, last_number
 from r1flow.templates import render_prompt
 from r1flow.tracking import NullTracker, Tracker
+
+if TYPE_CHECKING:
+    from r1flow.chunks import ChunkLog
 
 _DECIMAL = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)")
 
@@ -117,13 +120,19 @@ def mean_and_stderr(values: list[float]) -> tuple[float, float]:
 def evaluate_model(engine: GenerationEngine, problems: list[dict[str, str]], *, template: str, k: int,
                    temperature: float = 0.6, top_p: float = 0.95, max_new_tokens: int = 256,
                    seed: int | None = 0, batch_size: int = 64, grading_timeout_s: float = 5.0,
-                   tracker: Tracker | None = None) -> EvalResult:
+                   tracker: Tracker | None = None, chunks: ChunkLog | None = None,
+                   shard: tuple[int, int] | None = None) -> EvalResult | None:
     """Sample ``k`` completions per problem and score them (see the module docstring).
 
     ``problems`` are rows with ``question`` and ``answer`` (``id`` optional); ``batch_size`` is the
     number of problems per ``engine.generate`` call, and call ``c`` uses seed ``seed + c``.
     Correctness is the accuracy reward (``r1flow.rewards``), graded with a per-sample deadline of
     ``grading_timeout_s`` (an overrun scores 0 and is counted in ``grading_timeouts``).
+
+    Call ``c``'s completions are a pure function of ``c``, so they can be saved and reused
+    (``chunks``, ``r1flow.chunks``: a killed evaluation resumes) and split over processes:
+    ``shard=(j, N)`` only generates and saves the calls c with c mod N = j and returns None; the
+    run that follows with every chunk saved scores them all — the same result for any N.
     """
     if not problems:
         raise ValueError("no problems to evaluate")
@@ -135,33 +144,45 @@ def evaluate_model(engine: GenerationEngine, problems: list[dict[str, str]], *, 
     samples: list[dict[str, Any]] = []
     per_problem: list[dict[str, float]] = []
     timeouts = 0
-    chunks = range(0, len(problems), batch_size)
-    for call, start in enumerate(chunks):
+    calls = range(0, len(problems), batch_size)
+    for call, start in enumerate(calls):
+        if shard and call % shard[1] != shard[0]:
+            continue
         chunk = problems[start:start + batch_size]
-        rollouts = engine.generate([render_prompt(p["question"], template) for p in chunk], n=k,
-                                   max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                                   seed=None if seed is None else seed + call)
-        texts = rollouts.texts
-        golds = [str(chunk[i]["answer"]) for i in rollouts.prompt_index]
+        rows = chunks.load(call) if chunks else None
+        if rows is None:
+            rollouts = engine.generate([render_prompt(p["question"], template) for p in chunk], n=k,
+                                       max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                                       seed=None if seed is None else seed + call)
+            rows = [{"problem": p, "completion": t, "finish_reason": f, "length": int(n)} for p, t, f, n in zip(
+                rollouts.prompt_index, rollouts.texts, rollouts.finish_reasons, rollouts.completion_lengths.tolist())]
+            if chunks:
+                chunks.save(call, rows)
+        tracker.progress(call + 1, len(calls), problems=start + len(chunk))
+        if shard:
+            continue
+        texts = [r["completion"] for r in rows]
+        golds = [str(chunk[r["problem"]]["answer"]) for r in rows]
         correct = accuracy_fn(texts, golds)
         timeouts += getattr(correct, "n_timeouts", 0)
         formats = format_fn(texts, golds)
         answers = [extract_answer(t, template) for t in texts]
         mixed = [mixes_languages(split_completion(t, template)[0] or t) for t in texts]
         lenient = [max(c, float(lenient_match(t, g))) for c, t, g in zip(correct, texts, golds)]
-        lengths = rollouts.completion_lengths.tolist()
         for p_local, problem in enumerate(chunk):
-            rows = range(p_local * k, (p_local + 1) * k)
-            stats = problem_metrics([correct[j] for j in rows], [answers[j] for j in rows])
-            stats["lenient"] = sum(lenient[j] for j in rows) / k
-            stats["n_correct"] = sum(correct[j] >= 1.0 for j in rows)
+            mine = range(p_local * k, (p_local + 1) * k)
+            stats = problem_metrics([correct[j] for j in mine], [answers[j] for j in mine])
+            stats["lenient"] = sum(lenient[j] for j in mine) / k
+            stats["n_correct"] = sum(correct[j] >= 1.0 for j in mine)
             per_problem.append(stats)
             samples += [{"id": str(problem.get("id", start + p_local)), "sample": s, "question": problem["question"],
                          "gold": golds[j], "completion": texts[j], "extracted": answers[j],
                          "correct": correct[j], "lenient": lenient[j], "format": formats[j],
-                         "mixed_language": mixed[j], "length": int(lengths[j]), "finish_reason": rollouts.finish_reasons[j]}
-                        for s, j in enumerate(rows)]
-        tracker.progress(call + 1, len(chunks), problems=start + len(chunk))
+                         "mixed_language": mixed[j], "length": rows[j]["length"],
+                         "finish_reason": rows[j]["finish_reason"]}
+                        for s, j in enumerate(mine)]
+    if shard:
+        return None
     return EvalResult(metrics={**aggregate(per_problem, samples, k), "grading_timeouts": float(timeouts)},
                       samples=samples)
 

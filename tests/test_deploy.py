@@ -76,9 +76,11 @@ def test_a_deployed_pipeline_runs_on_a_worker_with_stages_on_a_second_pool(tmp_p
                            json.dumps({"config": config, "name": "deployed"})], env)
         flow_run_id = next(line.split()[-1] for line in started.stdout.splitlines() if "UUID" in line)
         prefect(["worker", "start", "--pool", "r1flow-cpu", "--run-once"], env, timeout=900)
-        # the nightly evaluation, by hand: the registered candidate, on the GPU pool's waiting worker
+        # the nightly evaluation, by hand: the registered candidate, on the GPU pool's waiting workers
         nightly = prefect(["deployment", "run", "r1-evaluation/r1-evaluation", "--params", json.dumps(
-            {"model": "models:/r1flow-micro@candidate", "config": {"preset": "micro"}, "name": "nightly"})], env)
+            {"model": "models:/r1flow-micro@candidate", "name": "nightly",
+             "config": {"preset": "micro", "evaluate": {"batch_size": 32},  # 24 problems in 3 batches of 8 ...
+                        "evaluation": {"launch": {"shards": 2}}}})], env)  # ... on 2 shards: {0, 2}, {1}
         nightly_id = next(line.split()[-1] for line in nightly.stdout.splitlines() if "UUID" in line)
         nightly_state = _wait_final(prefect_server, nightly_id)
     finally:
@@ -118,15 +120,18 @@ def test_a_deployed_pipeline_runs_on_a_worker_with_stages_on_a_second_pool(tmp_p
     from r1flow.store_local import LocalStore
 
     store = LocalStore(home / "store")
-    uri = parent.data.tags["r1flow.stage.rejection_sampling.uri"]
-    sharded = (store.manifest(uri).digest, (store.local_path(uri) / "sft.jsonl").read_text())
+    data = parent.data.tags["r1flow.stage.rejection_sampling.uri"]
+    sharded = (store.manifest(data).digest, (store.local_path(data) / "sft.jsonl").read_text())
     straight = r1flow(["stage", "rejection_sampling", "--preset", "micro", "--name", "deployed", "--refresh", "--set",
                        "rejection_sampling.chunk_prompts=8"], home, PREFECT_API_URL=prefect_server)
-    assert straight.returncode == 0 and uri in straight.stdout, straight.stdout[-3000:] + straight.stderr[-3000:]
+    assert straight.returncode == 0 and data in straight.stdout, straight.stdout[-3000:] + straight.stderr[-3000:]
     assert "reused" not in straight.stdout + straight.stderr  # --refresh: every chunk generated again
-    assert (store.manifest(uri).digest, (store.local_path(uri) / "sft.jsonl").read_text()) == sharded
+    assert (store.manifest(data).digest, (store.local_path(data) / "sft.jsonl").read_text()) == sharded
 
     assert nightly_state == "Completed", log
+    logs = "".join((tmp_path / f"gpu-{i}.log").read_text() for i in range(2))
+    assert "shard 2/2: evaluation shard 2 of 2: its samples are saved" in logs, log
+    assert "evaluation arith_heldout: reused 3 saved chunk(s)" in logs, log
     version = mlflow_runs.client(uri).get_model_version_by_alias("r1flow-micro", "candidate")
     (evaluation,) = mlflow_runs.child_runs(uri, mlflow_runs.find_pipeline_runs(uri, "nightly")[0])
     assert version.tags["r1flow.evaluated.run"] == evaluation.info.run_id

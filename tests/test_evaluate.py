@@ -108,6 +108,27 @@ def test_evaluate_model_random_model_returns_every_metric(tokenizer):
     assert evaluate_model(engine, PROBLEMS, **kw).metrics == result.metrics  # seeded
 
 
+def test_sharded_evaluation_scores_the_samples_of_an_unsharded_one(tokenizer, tmp_path):
+    """Batches saved as chunks (``r1flow.chunks``, a real local store): shard 2 of 2 then shard 1
+    of 2 generate only their batches and score nothing; the run after them reuses all four and
+    gives the samples and metrics of a run that never saved or split anything."""
+    from r1flow.chunks import ChunkLog
+    from r1flow.store_local import LocalStore
+
+    engine = HFEngine(build_model(ARCH, tokenizer, seed=0), tokenizer, batch_size=8)
+    problems = [{**p, "id": f"{p['id']}{i}"} for i in range(2) for p in PROBLEMS]
+    kw = dict(template="r1_zero", k=3, max_new_tokens=16, seed=0, batch_size=2)
+    straight = evaluate_model(engine, problems, **kw)
+    chunks = ChunkLog(LocalStore(tmp_path), "checkpoints/evaluation/k/eval-x")
+    assert evaluate_model(engine, problems, chunks=chunks, shard=(1, 2), **kw) is None
+    assert sorted(p.name for p in (tmp_path / "checkpoints/evaluation/k/eval-x/chunks").iterdir()) == \
+        ["chunk-000001", "chunk-000003"]
+    assert evaluate_model(engine, problems, chunks=chunks, shard=(0, 2), **kw) is None
+    merged = evaluate_model(HFEngine(build_model(ARCH, tokenizer, seed=1), tokenizer), problems, chunks=chunks, **kw)
+    assert chunks.loaded == 4  # another model's engine: had it generated anything, the samples would differ
+    assert merged.samples == straight.samples and merged.metrics == straight.metrics
+
+
 def test_evaluate_model_scores_a_model_that_always_answers_five(tokenizer):
     """Teach a tiny model one completion, then check every metric against the hand count."""
     torch.manual_seed(0)

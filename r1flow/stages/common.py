@@ -100,12 +100,14 @@ def problems(ctx: StageContext, source: str, n: int, seed: int) -> list[dict[str
 
 
 def evaluate(ctx: StageContext, model, tokenizer, template: str, *, step: int = 0,
-             name: str = "eval", write: bool = True) -> tuple[dict[str, float], dict[str, dict]]:
+             name: str = "eval", write: bool = True, save_chunks: bool = False) -> tuple[dict[str, float], dict[str, dict]]:
     """Paper §3 evaluation on every configured benchmark; logs ``eval/<bench>/<metric>`` at ``step``.
 
     Returns the metrics and, per benchmark, each problem's (strict, lenient) pass@1 over its k
     samples — what a paired comparison of two checkpoints needs. Under DDP only rank 0 evaluates
-    (the ranks hold the same weights); the others get empty results."""
+    (the ranks hold the same weights); the others get empty results. ``save_chunks``: each batch's
+    samples are saved as they come (``r1flow.chunks``; a killed evaluation resumes), and a shard
+    run (``launch.shards``) only generates its batches, returning empty results."""
     if ctx.rank != 0:
         return {}, {}
     from r1flow.data.benchmarks import benchmark_name, load_benchmark
@@ -118,18 +120,26 @@ def evaluate(ctx: StageContext, model, tokenizer, template: str, *, step: int = 
     per_problem: dict[str, dict] = {}
     for bench in cfg.get("benchmarks", ["arith_heldout"]):
         problems = load_benchmark(bench)[: cfg.get("max_problems") or None]
+        short = benchmark_name(bench)
+        chunks = ctx.chunk_log(f"{name}-{short}") if save_chunks else None
         result = evaluate_model(engine, problems, template=template, k=int(cfg.get("k", 4)),
                                 temperature=float(cfg.get("temperature", 0.6)),
                                 top_p=float(cfg.get("top_p", 0.95)),
                                 max_new_tokens=int(cfg.get("max_new_tokens", 64)),
-                                seed=int(ctx.runtime.get("seed", 0)), batch_size=max(1, engine.batch_size // 4))
-        short = benchmark_name(bench)
+                                seed=int(ctx.runtime.get("seed", 0)), batch_size=max(1, engine.batch_size // 4),
+                                chunks=chunks, shard=ctx.spec.shard)
+        if chunks and chunks.loaded:
+            ctx.log(f"evaluation {short}: reused {chunks.loaded} saved chunk(s)")
+        if result is None:  # a shard: its chunks are saved for the merging run
+            continue
         metrics.update({f"{name}/{short}/{k}": v for k, v in result.metrics.items()})
         ctx.set_tags(**{f"r1flow.{name}.{short}.digest": benchmark_digest(problems, cfg, template)})
         per_problem[short] = problem_scores(result.samples)
         if write:
             ctx.tracker.log_table(result.samples[:SAMPLE_ROWS], f"{name}_{short}_step{step}")
             ctx.tracker.log_dataset(f"benchmark/{short}", problems, context="evaluation", source=str(bench))
+    if ctx.spec.shard:
+        return {}, {}
     ctx.tracker.log_metrics(metrics, step)
     if write:
         previous = json.loads((ctx.workdir / "eval.json").read_text()) if (ctx.workdir / "eval.json").exists() else {}

@@ -6,6 +6,10 @@ artifact (``r1flow evaluate MODEL``). Its output holds ``eval.json`` (the metric
 template used) and ``model.json`` (which artifact was evaluated, by URI and digest) — never a
 copy of the model. The cache key covers the model's digest and the evaluation settings, so the
 same model under the same settings is evaluated once.
+
+Each batch of samples is saved as it completes (``r1flow.chunks``), so a killed evaluation resumes,
+and ``launch.shards`` = N splits the batches over N runs (locally, or N flow runs on the GPU pool)
+before the merging run scores them all: the same metrics for any N.
 """
 
 from __future__ import annotations
@@ -41,4 +45,6 @@ def run(ctx: StageContext) -> None:
     ctx.write_json("model.json", {"uri": ref.uri, "digest": ref.digest, "stage": ref.meta.get("stage", ""),
                                   "which": ctx.config.which})
     ctx.set_tags(**{"r1flow.evaluated_uri": ref.uri, "r1flow.evaluated_digest": ref.digest})
-    evaluate(ctx, model, tokenizer, template)
+    evaluate(ctx, model, tokenizer, template, save_chunks=True)
+    if ctx.spec.shard:
+        ctx.log(f"evaluation shard {ctx.spec.shard[0] + 1} of {ctx.spec.shard[1]}: its samples are saved")

@@ -107,10 +107,12 @@ class StageContext:
                             meta={"mlflow_run_id": self.spec.mlflow_run_id or ""},
                             warm_start=self.spec.warm_start, tracker=self.tracker)
 
-    def chunk_log(self) -> ChunkLog:
-        """Saved chunks of a generation stage (``r1flow.chunks``), beside its checkpoints."""
+    def chunk_log(self, part: str = "") -> ChunkLog:
+        """Saved chunks of a generation stage (``r1flow.chunks``), beside its checkpoints; ``part``
+        keeps apart the chunk series of one stage (one per benchmark of an evaluation)."""
         # no warm start here: a chunk's samples depend on the config that made them
-        return ChunkLog(self.store, checkpoint_prefix(self.spec.output_key), log=self.log,
+        prefix = checkpoint_prefix(self.spec.output_key) + (f"/{part}" if part else "")
+        return ChunkLog(self.store, prefix, log=self.log,
                         meta={"mlflow_run_id": self.spec.mlflow_run_id or ""})
 
     def write_json(self, name: str, obj: Any) -> Path:
