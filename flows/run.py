@@ -25,7 +25,7 @@ from prefect.context import get_run_context
 from prefect.filesystems import LocalFileSystem
 from prefect.settings import PREFECT_UI_URL
 
-from r1flow import lineage, mlflow_runs
+from r1flow import lineage, mlflow_runs, multinode
 from r1flow.cache import code_version, stage_key
 from r1flow.checkpoint import checkpoint_prefix, clear_saved
 from r1flow.config import SHARDABLE, PipelineConfig
@@ -58,7 +58,8 @@ class PipelineRun:
         self.owns_parent = parent_run_id is None  # a stage flow launched by a pipeline logs under its run
         self.allow_config_change = allow_config_change
         self.refresh = set(refresh or [])
-        unknown = self.refresh - set(stages or config.stage_names())
+        self.stages = stages or config.stage_names()
+        unknown = self.refresh - set(self.stages)
         if unknown:
             raise ValueError(f"--refresh names unknown stage(s): {sorted(unknown)}")
         self.runtime = Runtime(pipeline_name=name, store_root=config.store.root,
@@ -258,6 +259,8 @@ class PipelineRun:
             self.finish("FAILED")
 
     def finish(self, status: str = "FINISHED") -> None:
+        if (job := multinode.job_id()) and any(self.config.section(s).launch.machines > 1 for s in self.stages):
+            multinode.release(self.store, job)  # the machines following this one may stop waiting
         if self.owns_parent:
             mlflow_runs.end_run(self.runtime.tracking_uri, self.parent_run_id, status)
         if self.record is not None:

@@ -21,7 +21,7 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.context import get_run_context
 
-from r1flow import mlflow_runs
+from r1flow import mlflow_runs, multinode
 from r1flow.checkpoint import checkpoint_prefix, newest_saved
 from r1flow.launcher import (
     StageCrashed,
@@ -116,6 +116,11 @@ def run_spec_process(spec: StageSpec, runtime: Runtime, launch: dict[str, Any] |
     ``accelerate launch`` when ``launch`` asks for several processes), return its exit code."""
     with tempfile.NamedTemporaryFile("w", suffix=".json", dir=runtime.home, delete=False) as f:
         f.write(spec.model_dump_json())
+    if int((launch or {}).get("machines", 1)) > 1:  # machines 1..M-1 follow this one (r1flow.multinode)
+        if not (job := multinode.job_id()):
+            raise StageInputError(f"stage {spec.stage}: launch.machines > 1 needs {multinode.JOB_ENV} (the job all "
+                                  "machines share; the multi-node Kubernetes template sets it)")
+        multinode.publish_spec(runtime.store(), job, spec.model_dump_json())
     try:
         return run_process(stage_command(Path(f.name), launch), env=runtime.stage_env(), on_event=on_event,
                            on_line=on_line)

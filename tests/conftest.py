@@ -91,6 +91,17 @@ def prefect_server(tmp_path_factory) -> Iterator[str]:
         log.close()
 
 
+@pytest.fixture(scope="session")
+def micro_home(tmp_path_factory, prefect_server) -> tuple[Path, subprocess.CompletedProcess]:
+    """One real run of the ``micro`` pipeline, named "first", on the session's Prefect server: the
+    modules that read it or build on it (``test_pipeline``, ``test_scale_out``) share it."""
+    home = tmp_path_factory.mktemp("r1flow-home")
+    first = r1flow(["run", "--preset", "micro", "--name", "first"], home, MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL="1",
+                   PREFECT_API_URL=prefect_server)
+    assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
+    return home, first
+
+
 @pytest.fixture(scope="module")
 def prefect_api(prefect_server) -> Iterator[str]:
     """Use in a module (``pytestmark = pytest.mark.usefixtures("prefect_api")``) to send its CLI

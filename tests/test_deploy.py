@@ -191,21 +191,32 @@ def test_alerts_flag_a_stuck_then_failed_run(tmp_path, prefect_server):
     assert any("r1flow run failed" in body and "Failed" in body for body in notices), notices
 
 
-@pytest.mark.parametrize("kind", ["kubernetes", "docker"])
-def test_gpu_pool_templates_are_accepted_by_the_server(tmp_path, prefect_server, kind):
+@pytest.mark.parametrize("kind,name", [("kubernetes", "kubernetes-gpu"), ("docker", "docker-gpu"),
+                                       ("kubernetes", "kubernetes-gpu-multinode")])
+def test_gpu_pool_templates_are_accepted_by_the_server(tmp_path, prefect_server, kind, name):
     """The GPU base job templates: every placeholder has a variable (GPUs, node selector,
-    tolerations, device requests, the credentials secret), and a real server creates the pool."""
+    tolerations, device requests, the credentials secret; machines and the shared store for the
+    multi-node Indexed Job), and a real server creates the pool."""
     import re
 
-    path = REPO / "deployments" / "work-pools" / f"{kind}-gpu.json"
+    path = REPO / "deployments" / "work-pools" / f"{name}.json"
     template = json.loads(path.read_text())
     placeholders = set(re.findall(r"\{\{\s*([a-z_]+)\s*\}\}", json.dumps(template["job_configuration"])))
     assert placeholders <= set(template["variables"]["properties"]), placeholders
-    expected = {"kubernetes": {"gpus", "node_selector", "tolerations", "credentials_secret"},
-                "docker": {"container_create_kwargs"}}[kind]
+    expected = {"kubernetes-gpu": {"gpus", "node_selector", "tolerations", "credentials_secret"},
+                "docker-gpu": {"container_create_kwargs"},
+                "kubernetes-gpu-multinode": {"gpus", "machines", "headless_service", "store_root"}}[name]
     assert expected <= placeholders
+    if kind == "kubernetes":  # Job fields on the Job, pod fields on the pod
+        job = template["job_configuration"]["job_manifest"]["spec"]
+        assert not {"parallelism", "completions"} & set(job["template"]["spec"])
+        if name.endswith("multinode"):
+            assert job["completionMode"] == "Indexed" and job["completions"] == job["parallelism"] == "{{ machines }}"
+            (container,) = job["template"]["spec"]["containers"]
+            assert container["command"] == ["/opt/r1flow/docker/multinode-entry.sh"]
+            assert (REPO / "docker" / "multinode-entry.sh").stat().st_mode & 0o111
     env = cli_env(tmp_path / "home", PREFECT_API_URL=prefect_server)
-    prefect(["work-pool", "create", f"r1flow-gpu-{kind}", "--type", kind, "--base-job-template", str(path),
+    prefect(["work-pool", "create", f"r1flow-{name}", "--type", kind, "--base-job-template", str(path),
              "--overwrite"], env)
-    shown = prefect(["work-pool", "inspect", f"r1flow-gpu-{kind}"], env)
+    shown = prefect(["work-pool", "inspect", f"r1flow-{name}"], env)
     assert kind in shown.stdout

@@ -23,14 +23,6 @@ def _mlflow(home):
     return mlflow_runs, f"sqlite:///{home / 'mlflow.db'}"
 
 
-@pytest.fixture(scope="module")
-def micro_home(tmp_path_factory, prefect_api):
-    home = tmp_path_factory.mktemp("r1flow-home")
-    first = r1flow(["run", "--preset", "micro", "--name", "first"], home, MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL="1")
-    assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
-    return home, first
-
-
 def test_micro_pipeline_tracks_every_stage(micro_home):
     home, first = micro_home
     mlflow_runs, uri = _mlflow(home)
@@ -186,73 +178,6 @@ def test_a_killed_stage_is_retried_and_resumes_from_its_checkpoint(micro_home):
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     steps = [m.step for m in c.get_metric_history(runs[0].info.run_id, "reward/mean")]
     assert sorted(set(steps)) == [1, 2, 3]
-
-
-def test_killed_or_sharded_rejection_sampling_makes_the_same_dataset(micro_home):
-    """Rejection sampling in 4 chunks of 8 prompts, SIGKILLed after its second chunk: the retry
-    reuses the two saved chunks and publishes the same dataset, byte for byte, as a run that was
-    never interrupted — and so does the same stage split into 3 shards."""
-    from r1flow.store_local import LocalStore
-
-    home, _ = micro_home
-    args = ["stage", "rejection_sampling", "--preset", "micro", "--name", "first",
-            "--set", "rejection_sampling.chunk_prompts=8"]
-    straight = r1flow(args, home)
-    assert straight.returncode == 0, straight.stdout[-3000:] + straight.stderr[-3000:]
-    uri = next(line.split()[-1] for line in straight.stdout.splitlines() if "artifacts/rejection_sampling/" in line)
-    store = LocalStore(home / "store")
-    want = store.manifest(uri)
-    rows = (store.local_path(uri) / "sft.jsonl").read_text()
-
-    marker = home / "rejection-fault-fired"
-    out = r1flow([*args, "--refresh"], home, R1FLOW_FAULT_KILL=f"rejection_sampling:2:{marker}")
-    text = out.stdout + out.stderr
-    assert out.returncode == 0, text[-4000:]
-    assert marker.exists() and "reused 2 saved chunk(s)" in text and "re-attaching to MLflow run" in text
-    got = store.manifest(uri)
-    assert got.created != want.created  # published again by the resumed attempt
-    assert got.digest == want.digest and (store.local_path(uri) / "sft.jsonl").read_text() == rows
-
-    # Sharded (issue 8): 3 shards, each its own process, generate chunks {0, 3}, {1}, {2} — in
-    # whatever order they finish — and the merging run finds all 4 saved: the same bytes again.
-    out = r1flow([*args, "--refresh", "--set", "rejection_sampling.launch.shards=3"], home)
-    text = out.stdout + out.stderr
-    assert out.returncode == 0, text[-4000:]
-    assert "rejection_sampling: 3 shards" in text and "reused 4 saved chunk(s)" in text
-    assert all(f"shard {i}/3: rejection sampling shard {i} of 3" in text for i in (1, 2, 3)), text[-3000:]
-    assert store.manifest(uri).digest == want.digest and (store.local_path(uri) / "sft.jsonl").read_text() == rows
-
-
-def test_a_stage_on_two_processes_through_the_launcher_trains_the_same_weights(micro_home):
-    """DDP through ``accelerate launch`` (``sft.launch.processes: 2``, gloo on CPU): each rank takes
-    every other row of a step and the gradients are summed over ranks, so the two-process SFT ends
-    at the weights one process reaches (to float noise), publishes one artifact and logs one MLflow
-    run, tagged with its world size."""
-    from safetensors.torch import load_file
-
-    from r1flow.store_local import LocalStore
-
-    home, _ = micro_home
-    args = ["stage", "sft", "--preset", "micro", "--name", "first", "--set", "sft.train.log_every=5"]
-
-    def weights(out):
-        text = out.stdout + out.stderr
-        assert out.returncode == 0, text[-4000:]
-        uri = next(line.split()[-1] for line in out.stdout.splitlines() if "artifacts/sft/" in line)
-        return uri, load_file(LocalStore(home / "store").local_path(uri) / "model" / "model.safetensors"), text
-
-    uri, one, _ = weights(r1flow(args, home))
-    same_uri, two, _ = weights(r1flow([*args, "--refresh", "--set", "sft.launch.processes=2"], home))
-    assert same_uri == uri  # launch is not in the cache key: the same artifact, re-made on two ranks
-    base = load_file(next((home / "store" / "artifacts" / "base").iterdir()) / "teacher" / "model.safetensors")
-    moved = max((one[k] - base[k]).abs().max().item() for k in one)
-    differ = max((one[k] - two[k]).abs().max().item() for k in one)
-    assert moved > 1e-3 and differ < 1e-3 * moved, (moved, differ)  # ranks' halves summed = one batch
-    mlflow_runs, tracking = _mlflow(home)
-    runs = mlflow_runs.client(tracking).search_runs(
-        [mlflow_runs.client(tracking).get_experiment_by_name(mlflow_runs.EXPERIMENT).experiment_id],
-        filter_string="tags.`r1flow.world_size` = '2'")
-    assert len(runs) == 1 and runs[0].info.status == "FINISHED" and runs[0].data.tags[mlflow_runs.TAG_STAGE] == "sft"
 
 
 def test_registered_candidate_is_evaluated_by_the_evaluation_flow(micro_home):
