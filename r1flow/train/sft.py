@@ -160,7 +160,7 @@ def _shared_prefix_loss(model, ids: torch.Tensor, mask: torch.Tensor, labels: to
     head_logp = F.log_softmax(head.logits[0].float(), dim=-1)  # [P, V]; position t scores token t+1
     targets = labels[:, 1 : prefix + 1]  # [G, P]
     valid = targets != IGNORE
-    picked = head_logp[torch.arange(prefix)[None, :], targets.clamp(min=0)]  # [G, P]
+    picked = head_logp[torch.arange(prefix, device=ids.device)[None, :], targets.clamp(min=0)]  # [G, P]
     tail_total, tail_count = token_loss(tail.logits, labels[:, prefix:])
     return tail_total - (picked * valid).sum(), tail_count + int(valid.sum())
 
@@ -171,11 +171,12 @@ def batch_loss(model, batch: dict[str, torch.Tensor], min_shared_prefix: int = 0
     With ``min_shared_prefix`` > 0, rows sharing a prefix at least that long (a long prompt
     template) run it once; the other rows run plainly. The result is the same either way.
     """
-    ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+    device = next(model.parameters()).device  # collated on the CPU; the model may be on a GPU
+    ids, mask, labels = (batch[k].to(device) for k in ("input_ids", "attention_mask", "labels"))
     lengths = mask.sum(1)
     rows, prefix = shared_prefix_rows(ids, lengths, min_shared_prefix) if min_shared_prefix else ([], 0)
     others = [i for i in range(ids.size(0)) if i not in set(rows)]
-    total, count = torch.zeros(()), 0
+    total, count = torch.zeros((), device=device), 0
     for group, shared in ((rows, prefix), (others, 0)):
         if not group:
             continue
