@@ -225,7 +225,11 @@ class EvalConfig(Section):
     max_new_tokens: int = Field(64, gt=0, description="completion length limit")
     max_problems: int | None = Field(None, gt=0, description="evaluate on the first N problems only")
     batch_size: int = Field(128, gt=0, description="rows per generate call")
-    engine: Literal["torch", "hf"] = Field("torch", description="sampling engine for evaluation and data generation")
+    engine: Literal["torch", "hf", "vllm"] = Field("torch", description="sampling engine for evaluation and data "
+                                                   "generation; 'vllm' starts from the saved model and is sent "
+                                                   "the current weights before each evaluation")
+    tensor_parallel_size: int = Field(1, ge=1, description="vLLM engines: GPUs one engine spans (tensor parallel); "
+                                      "data parallel is launch.shards")
 
 
 class EvaluationConfig(StageSection):

@@ -177,7 +177,8 @@ def make_engine(kind: str, model, tokenizer, **kw) -> GenerationEngine:
             raise ValueError("engine 'vllm' starts from a saved model: pass model_path")
         return VLLMEngine(kw["model_path"], tokenizer, model=model, dtype=kw.get("dtype", "float32"),
                           revision=kw.get("revision"), trust_remote_code=kw.get("trust_remote_code", False),
-                          max_model_len=int(getattr(model.config, "max_position_embeddings", 2048)))
+                          max_model_len=int(getattr(model.config, "max_position_embeddings", 2048)),
+                          tensor_parallel_size=int(kw.get("tensor_parallel_size", 1)))
     raise ValueError(f"unknown engine {kind!r}; known: 'torch', 'hf', 'vllm'")
 
 

@@ -90,6 +90,30 @@ def test_rejection_sampling_rows_are_the_same_whatever_the_sharding(setup):
     assert len(whole) == 24 and whole == by_chunk[0] + by_chunk[1] + by_chunk[2]
 
 
+def test_evaluation_through_vllm_reuses_one_engine_and_sends_it_the_current_weights(setup, tmp_path):
+    """``evaluate.engine: vllm``: the stage's evaluations share one engine started from where the
+    model was loaded; each is sent the weights in memory first, so an evaluation after training
+    samples the trained weights (checked by log-probs, against the trainer's, in fp32)."""
+    from types import SimpleNamespace
+
+    from r1flow.evaluate import evaluate_model
+    from r1flow.stages.common import evaluation_engine
+
+    root, tok, _, _ = setup
+    model = build_model(ARCH, tok, seed=0)
+    ctx = SimpleNamespace(runtime={"evaluate": {"engine": "vllm"}}, engines={}, workdir=tmp_path / "work",
+                          sources={id(model): {"model_path": str(root / "model")}})
+    engine = evaluation_engine(ctx, model, tok)
+    problems = [{"question": f"Compute {a} + 4", "answer": str(a + 4)} for a in range(6)]
+    result = evaluate_model(engine, problems, template="r1", k=2, max_new_tokens=8, seed=0, batch_size=3)
+    assert result.metrics["num_problems"] == 6 and len(result.samples) == 12
+    with torch.no_grad():
+        model.lm_head.weight.mul_(1.5)  # "training" in memory
+    assert evaluation_engine(ctx, model, tok) is engine  # one engine per model and stage
+    prompt, completion = tok("Compute 3 + 4:")["input_ids"], tok(" 3 plus 4 is 7.")["input_ids"]
+    assert engine.logprobs(prompt, completion) == pytest.approx(trainer_logprobs(model, prompt, completion), abs=1e-3)
+
+
 def test_sleep_mode_is_refused_on_cpu(setup):
     root, tok, model, _ = setup
     with pytest.raises(Exception, match="[Ss]leep mode is not supported"):

@@ -48,9 +48,10 @@ def run(ctx: StageContext) -> None:
         if src == "r1_zero":
             zero, tok = load_policy(ctx.inputs["zero"], ctx)
             prompts = problems(ctx, cfg.prompts, cfg.num_prompts, seed + 101)
+            engine, engine_kw = sampling_engine(ctx, ctx.inputs["zero"])
             rows += sample_rows(zero, tok, prompts, template="r1_zero", k=cfg.samples_per_prompt,
-                                temperature=cfg.temperature, top_p=1.0,
-                                max_new_tokens=cfg.max_new_tokens, seed=seed, engine=sampling_engine(ctx))
+                                temperature=cfg.temperature, top_p=1.0, max_new_tokens=cfg.max_new_tokens,
+                                seed=seed, engine=engine, engine_kw=engine_kw)
             del zero
         else:
             rows += read_jsonl(src, SOURCE_FIELDS)

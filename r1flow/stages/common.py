@@ -49,7 +49,37 @@ def load_policy(artifact: Path, ctx: StageContext, which: str = "teacher"):
     where = model_location(artifact, which)
     model, tok = load_model(where["model_path"], revision=where.get("revision"),
                             trust_remote_code=where.get("trust_remote_code", False))
+    ctx.sources[id(model)] = where  # where a vLLM engine for this model starts from
     return model.to(setup_torch(ctx)), tok
+
+
+def evaluation_engine(ctx: StageContext, model, tokenizer):
+    """The engine ``evaluate.engine`` names, on ``model``'s current weights. A vLLM engine starts
+    once per model and stage, from where the model was loaded (or, for a model built in this
+    stage, a copy saved for it), and is sent the weights in memory before each evaluation."""
+    from r1flow.engine import make_engine
+
+    cfg = ctx.runtime.get("evaluate", {})
+    if cfg.get("engine", "torch") != "vllm":
+        return make_engine(cfg.get("engine", "torch"), model, tokenizer, batch_size=int(cfg.get("batch_size", 128)))
+    engine = ctx.engines.get(id(model))
+    if engine is None:
+        where = ctx.sources.get(id(model)) or {"model_path": str(_saved_for_vllm(ctx, model, tokenizer))}
+        engine = ctx.engines[id(model)] = make_engine("vllm", model, tokenizer, **where, **_vllm_settings(ctx))
+    engine.sync_weights(model)
+    return engine
+
+
+def _saved_for_vllm(ctx: StageContext, model, tokenizer) -> Path:
+    import atexit
+    import shutil
+    import tempfile
+
+    from r1flow.modeling import save_model
+
+    folder = tempfile.mkdtemp(prefix="vllm-start-", dir=ctx.workdir.parent)
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)  # the engine reads it until the stage ends
+    return save_model(model, tokenizer, Path(folder))
 
 
 def model_location(artifact: Path, which: str = "teacher") -> dict[str, Any]:
@@ -67,7 +97,12 @@ def model_location(artifact: Path, which: str = "teacher") -> dict[str, Any]:
 def vllm_engine_kw(ctx: StageContext, artifact: Path, which: str = "teacher") -> dict[str, Any]:
     """What ``make_engine("vllm", …)`` needs beyond the model object: where vLLM loads the policy
     from, and the stage's dtype."""
-    return {**model_location(artifact, which), "dtype": ctx.runtime.get("dtype", "float32")}
+    return {**model_location(artifact, which), **_vllm_settings(ctx)}
+
+
+def _vllm_settings(ctx: StageContext) -> dict[str, Any]:
+    return {"dtype": ctx.runtime.get("dtype", "float32"),
+            "tensor_parallel_size": int(ctx.runtime.get("evaluate", {}).get("tensor_parallel_size", 1))}
 
 
 def save_policy(model, tokenizer, ctx: StageContext, sub: str = "model") -> Path:
@@ -111,11 +146,10 @@ def evaluate(ctx: StageContext, model, tokenizer, template: str, *, step: int = 
     if ctx.rank != 0:
         return {}, {}
     from r1flow.data.benchmarks import benchmark_name, load_benchmark
-    from r1flow.engine import make_engine
     from r1flow.evaluate import evaluate_model
 
     cfg = ctx.runtime.get("evaluate", {})
-    engine = make_engine(cfg.get("engine", "torch"), model, tokenizer, batch_size=int(cfg.get("batch_size", 128)))
+    engine = evaluation_engine(ctx, model, tokenizer)
     metrics: dict[str, float] = {}
     per_problem: dict[str, dict] = {}
     for bench in cfg.get("benchmarks", ["arith_heldout"]):
@@ -126,7 +160,7 @@ def evaluate(ctx: StageContext, model, tokenizer, template: str, *, step: int = 
                                 temperature=float(cfg.get("temperature", 0.6)),
                                 top_p=float(cfg.get("top_p", 0.95)),
                                 max_new_tokens=int(cfg.get("max_new_tokens", 64)),
-                                seed=int(ctx.runtime.get("seed", 0)), batch_size=max(1, engine.batch_size // 4),
+                                seed=int(ctx.runtime.get("seed", 0)), batch_size=max(1, int(cfg.get("batch_size", 128)) // 4),
                                 chunks=chunks, shard=ctx.spec.shard)
         if chunks and chunks.loaded:
             ctx.log(f"evaluation {short}: reused {chunks.loaded} saved chunk(s)")
@@ -189,9 +223,12 @@ def sft_examples_from(path: Path) -> list[dict[str, Any]]:
     return read_jsonl(path / "sft.jsonl", {"prompt": str, "completion": str})
 
 
-def sampling_engine(ctx: StageContext) -> str:
-    """The engine kind for evaluation and data generation (``evaluate.engine``)."""
-    return str(ctx.runtime.get("evaluate", {}).get("engine", "torch"))
+def sampling_engine(ctx: StageContext, artifact: Path, kind: str = "default") -> tuple[str, dict[str, Any] | None]:
+    """The engine generating data from the policy saved in ``artifact`` and its arguments: ``kind``
+    (a stage's own ``engine`` setting), by ``default`` ``evaluate.engine``; vLLM loads the saved policy."""
+    if kind == "default":
+        kind = str(ctx.runtime.get("evaluate", {}).get("engine", "torch"))
+    return kind, (vllm_engine_kw(ctx, artifact) if kind == "vllm" else None)
 
 
 def sample_rows(model, tokenizer, problems: list[dict[str, str]], *, template: str, k: int,

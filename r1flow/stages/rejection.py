@@ -14,8 +14,7 @@ exactly what one run would have — a chunk's rows depend only on its index, not
 from __future__ import annotations
 
 from r1flow.config import RejectionConfig
-from r1flow.stages.common import (load_policy, problems, sample_rows, sampling_engine, vllm_engine_kw,
-                                  write_dataset)
+from r1flow.stages.common import load_policy, problems, sample_rows, sampling_engine, write_dataset
 from r1flow.stages.runner import StageContext
 
 Config = RejectionConfig
@@ -41,9 +40,7 @@ def run(ctx: StageContext) -> None:
     prompts = problems(ctx, cfg.prompts, cfg.num_prompts, seed + 202)
     ctx.tracker.log_dataset("prompts", prompts, context="generation", source=cfg.prompts)
     chunks = ctx.chunk_log() if cfg.checkpoint_chunks else None
-    engine, engine_kw = sampling_engine(ctx), None
-    if cfg.engine == "vllm":  # vLLM loads the saved policy itself
-        engine, engine_kw = "vllm", vllm_engine_kw(ctx, ctx.inputs["policy"])
+    engine, engine_kw = sampling_engine(ctx, ctx.inputs["policy"], cfg.engine)
     samples = sample_rows(model, tokenizer, prompts, template="r1", k=cfg.samples_per_prompt,
                           temperature=cfg.temperature, top_p=cfg.top_p,
                           max_new_tokens=cfg.max_new_tokens, seed=seed, engine=engine, engine_kw=engine_kw,

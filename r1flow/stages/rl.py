@@ -115,6 +115,11 @@ def run(ctx: StageContext) -> None:
     reward_fns = [(f"{p.source}/{r.name}" if len(cfg.prompts) > 1 else r.name, r.weight,
                    _reward_fn(r, cfg.template, ctx, p.source, by_prompt))
                   for p in cfg.prompts for r in p.rewards]
+    extra = vllm_engine_kw(ctx, ctx.inputs["policy"], cfg.model) if cfg.engine == "vllm" else {}
+    engine = make_engine(cfg.engine, model, tokenizer, batch_size=cfg.grpo.prompts_per_step * cfg.grpo.group_size,
+                         **extra)
+    if cfg.engine == "vllm":  # evaluate.engine vllm then samples from this engine too: one on the GPU
+        ctx.engines[id(model)] = engine
     start, start_scores = evaluate(ctx, model, tokenizer, cfg.template, step=0, write=False)
 
     recorded = ListTracker(ctx.tracker)  # the curves PNG is drawn from what was logged
@@ -126,9 +131,6 @@ def run(ctx: StageContext) -> None:
             recorded.history.append((step, evaluate(ctx, model, tokenizer, cfg.template, step=step, write=False)[0]))
 
     ctx.log(f"{ctx.spec.stage}: GRPO for {cfg.grpo.steps} steps on {len(prompts)} prompts")
-    extra = vllm_engine_kw(ctx, ctx.inputs["policy"], cfg.model) if cfg.engine == "vllm" else {}
-    engine = make_engine(cfg.engine, model, tokenizer, batch_size=cfg.grpo.prompts_per_step * cfg.grpo.group_size,
-                         **extra)
     final = train_grpo(model, tokenizer, prompts, reward_fns, cfg.grpo, recorded, engine=engine,
                        ref_model=ref_model, on_step=on_step, checkpoints=ctx.checkpointer())
     save_policy(model, tokenizer, ctx)

@@ -71,6 +71,8 @@ class StageContext:
     store: Store
     tracker: Tracker = field(default_factory=NullTracker)
     rank: int = 0
+    sources: dict[int, dict[str, Any]] = field(default_factory=dict)  # id(model) -> where it was loaded from
+    engines: dict[int, Any] = field(default_factory=dict)  # id(model) -> its evaluation engine, reused (vLLM)
 
     @property
     def runtime(self) -> dict[str, Any]:
