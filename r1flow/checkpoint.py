@@ -102,14 +102,21 @@ class Checkpointer:
         return step % self.every == 0 and step < total
 
     def save(self, step: int, *, model, optimizer, scheduler, extra: dict[str, Any]) -> str:
+        """Save a checkpoint (a sharded model: every rank calls it, rank 0 writes the gathered state)."""
         from r1flow.diskspace import disk_writes, ensure_free, tensor_bytes
+        from r1flow.ranks import rank_world
+        from r1flow.sharding import full_state, is_sharded
 
+        model_state, optim_state = (full_state(model, optimizer) if is_sharded(model)
+                                    else (model.state_dict(), optimizer.state_dict()))
+        if rank_world()[0] != 0:
+            return ""
         with tempfile.TemporaryDirectory(prefix="r1flow-ckpt-") as tmp:
             folder = Path(tmp)
-            ensure_free(folder, tensor_bytes(model.state_dict(), optimizer.state_dict()), f"checkpoint {step}")
+            ensure_free(folder, tensor_bytes(model_state, optim_state), f"checkpoint {step}")
             with disk_writes(f"checkpoint {step}", folder):
-                torch.save(model.state_dict(), folder / "model.pt")
-                torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                torch.save(model_state, folder / "model.pt")
+                torch.save({"step": step, "optimizer": optim_state, "scheduler": scheduler.state_dict(),
                             "rng": rng_state(), "extra": extra}, folder / "state.pt")
                 pending = self.tracker.flush(CHECKPOINT_METRIC_WAIT_S) if self.tracker is not None else []
                 (folder / PENDING_METRICS).write_text(json.dumps(pending))
@@ -143,16 +150,22 @@ class Checkpointer:
         return None
 
     def _load(self, key: str, model, optimizer, scheduler, *, keep_hyperparameters: bool) -> Restored:
+        from r1flow.sharding import is_sharded, load_full_state
+
         groups = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
         base_lrs = list(getattr(scheduler, "base_lrs", []))
         with tempfile.TemporaryDirectory(prefix="r1flow-ckpt-") as tmp:
             folder = self.store.get_dir(key, tmp)
-            model.load_state_dict(torch.load(folder / "model.pt", weights_only=True))
+            model_state = torch.load(folder / "model.pt", weights_only=True)
             state = torch.load(folder / "state.pt", weights_only=False)  # our own file: RNG tuples
             pending = folder / PENDING_METRICS
             if pending.exists() and self.tracker is not None:  # logged before the crash, never delivered
                 self.tracker.requeue(json.loads(pending.read_text()))
-        optimizer.load_state_dict(state["optimizer"])
+        if is_sharded(model):  # every rank reads the whole state and keeps its shard
+            load_full_state(model, model_state, optimizer, state["optimizer"])
+        else:
+            model.load_state_dict(model_state)
+            optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         if keep_hyperparameters:  # warm start under a changed config: its hyperparameters win
             for group, new in zip(optimizer.param_groups, groups):

@@ -55,3 +55,21 @@ def test_apply_set_parses_yaml_values():
     assert apply_set({}, "a.b=[1, 2]") == {"a": {"b": [1, 2]}}
     with pytest.raises(ConfigError):
         apply_set({}, "no-equals-sign")
+
+
+@pytest.mark.parametrize("sets,refusal", [
+    (["rejection_sampling.launch.shards=2", "rejection_sampling.checkpoint_chunks=false"], "needs checkpoint_chunks"),
+    (["sft.launch.shards=2"], "only these stages split their work into shards: rejection_sampling, evaluation"),
+    (["rejection_sampling.launch.processes=2"], "only these stages run on several processes"),
+    (["sft.launch.processes=2", "sft.launch.strategy=zero3"], "shards with PyTorch's FSDP2"),
+    (["reasoning_rl.launch.processes=2", "reasoning_rl.launch.strategy=fsdp"], "only these stages train sharded"),
+])
+def test_scale_out_settings_that_cannot_work_are_refused_by_name(sets, refusal):
+    with pytest.raises(ConfigError, match=refusal):
+        load_config("micro", sets=sets)
+
+
+def test_scale_out_settings_that_work_are_accepted():
+    c = load_config("micro", sets=["sft.launch.processes=2", "sft.launch.strategy=fsdp", "distill.launch.machines=2",
+                                   "evaluation.launch.shards=3", "evaluate.engine=vllm"])
+    assert (c.sft.launch.strategy, c.distill.launch.machines, c.evaluation.launch.shards) == ("fsdp", 2, 3)

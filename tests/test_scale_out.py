@@ -54,7 +54,8 @@ def test_a_stage_on_two_processes_or_two_machines_trains_the_same_weights(micro_
     """DDP through ``accelerate launch`` (``sft.launch.processes: 2``, gloo on CPU): each rank takes
     every other row of a step and the gradients are summed over ranks, so the two-process SFT ends
     at the weights one process reaches (to float noise), publishes one artifact and logs one MLflow
-    run, tagged with its world size. Then the same on two "machines" (one process each)."""
+    run, tagged with its world size. Then the same on two "machines" (one process each), and fully
+    sharded over two ranks through a crash and its resume."""
     from safetensors.torch import load_file
 
     from r1flow.store_local import LocalStore
@@ -100,4 +101,15 @@ def test_a_stage_on_two_processes_or_two_machines_trains_the_same_weights(micro_
     assert follower.returncode == 0 and "running the stage spec" in followed and "released by machine 0" in followed, \
         followed[-3000:]
     differ = max((one[k] - machines[k]).abs().max().item() for k in one)
+    assert differ < 1e-3 * moved, (moved, differ)
+
+    # Fully sharded (``strategy: fsdp``, FSDP2 over two ranks), killed after step 6 of 10 with a
+    # checkpoint at step 4: the checkpoint is gathered from both shards, the retry shards it back
+    # and ends at the one-process weights again.
+    marker = home / "fsdp-fault-fired"
+    sharded_args = [*args, "--refresh", "--set", "sft.launch.processes=2", "--set", "sft.launch.strategy=fsdp",
+                    "--set", "sft.checkpoint_every=4"]
+    _, sharded, text = weights(r1flow(sharded_args, home, R1FLOW_FAULT_KILL=f"sft:6:{marker}"))
+    assert marker.exists() and "resuming from checkpoint" in text and "step-00000004" in text, text[-3000:]
+    differ = max((one[k] - sharded[k]).abs().max().item() for k in one)
     assert differ < 1e-3 * moved, (moved, differ)

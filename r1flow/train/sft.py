@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from r1flow.checkpoint import Checkpointer
 from r1flow.flops import compute_params, sft_flops
 from r1flow.ranks import all_ranks_sum, rank_world
+from r1flow.sharding import as_float, backward_share, is_sharded
 from r1flow.tracking import NullTracker, Tracker
 
 IGNORE = -100
@@ -196,20 +197,29 @@ def accumulate(model, rows: list[tuple[list[int], list[int]]], pad_id: int, para
     (several ranks) each rank takes every world-th row and the gradients are summed over ranks:
     the same gradient again. Returns the step's mean loss and its tokens (attention mask)."""
     rank, world = rank_world()
+    sharded = is_sharded(model)
     labelled = max(sum(sum(label != IGNORE for label in labels[1:]) for _, labels in rows), 1)
     mine = rows[rank::world]
-    size = params.micro_batch_size or max(len(mine), 1)
+    size = params.micro_batch_size or max(-(-len(rows) // world), 1)
+    # sharded, every forward/backward is a collective: each rank runs as many as the fullest one
+    micro = -(-(-(-len(rows) // world)) // size) if sharded else -(-len(mine) // size)
     value = 0.0
-    for start in range(0, len(mine), size):
-        loss, count = batch_loss(model, collate(mine[start:start + size], pad_id), params.min_shared_prefix)
-        share = loss * (count / labelled)
-        share.backward()
+    for i in range(micro):
+        part, weight = mine[i * size:(i + 1) * size], 1.0
+        if not part:  # a rank one row short under sharding: a zero-weight micro-batch keeps the ranks in step
+            part, weight = rows[:1], 0.0
+        loss, count = batch_loss(model, collate(part, pad_id), 0 if sharded else params.min_shared_prefix)
+        share = loss * (weight * count / labelled)
+        backward_share(share, model, world)  # sharded: the gradients are reduce-scattered here
         value += share.item()
     if world > 1:
-        for p in model.parameters():  # every rank reduces the same list, even where a grad is missing
-            p.grad = p.grad if p.grad is not None else torch.zeros_like(p)
+        grads = []
+        if not sharded:  # data parallel by hand: sum the gradients here
+            for p in model.parameters():  # every rank reduces the same list, even where a grad is missing
+                p.grad = p.grad if p.grad is not None else torch.zeros_like(p)
+            grads = [p.grad for p in model.parameters()]
         total = torch.tensor([value], device=next(model.parameters()).device)
-        all_ranks_sum([p.grad for p in model.parameters()] + [total])
+        all_ranks_sum(grads + [total])
         value = float(total.item())
     return float(value), sum(len(ids) for ids, _ in rows)
 
@@ -272,7 +282,7 @@ def train_sft(
         optimizer.zero_grad(set_to_none=True)
         value, seen = accumulate(model, [encoded[i] for i in picked], pad_id, params)
         lr = optimizer.param_groups[0]["lr"]
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), params.grad_clip or float("inf"))
+        grad_norm = as_float(torch.nn.utils.clip_grad_norm_(model.parameters(), params.grad_clip or float("inf")))
         optimizer.step()
         scheduler.step()
         window_losses.append(value)
@@ -293,7 +303,7 @@ def train_sft(
             tracker.progress(step + 1, steps, phase="SFT", loss=round(metrics["loss"], 4))
             final_window = metrics["loss"]
             window_losses, window_tokens, window_start = [], 0, time.perf_counter()
-        if rank_world()[0] == 0 and checkpoints is not None and checkpoints.due(step + 1, steps):
+        if checkpoints is not None and checkpoints.due(step + 1, steps) and (rank_world()[0] == 0 or is_sharded(model)):
             checkpoints.save(step + 1, model=model, optimizer=optimizer, scheduler=scheduler, extra={
                 "window_losses": window_losses, "window_tokens": window_tokens, "all_losses": all_losses,
                 "tokens_seen": tokens_seen, "final_window": final_window})

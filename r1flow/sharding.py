@@ -1,0 +1,92 @@
+"""Fully sharded training (``launch.strategy: fsdp``): parameters, gradients and AdamW state split
+over the ranks with PyTorch's FSDP2 (``fully_shard``, one unit per decoder layer plus the root) —
+the partitioning DeepSpeed ZeRO-3 does — for models whose training state does not fit one GPU
+(7B full fine-tuning: 16 bytes per parameter, 113 GB, before activations).
+
+Two rules follow from r1flow's distributed math (``r1flow.ranks``):
+
+- each rank's loss is its share of the global mean, so gradients must be *summed* over ranks,
+  while FSDP's reduce-scatter averages them: a sharded rank back-propagates its share times the
+  world size (``backward_share``; a divide factor of 1 would need PREMUL_SUM, which gloo lacks);
+- every forward and backward of a sharded model is a collective, so all ranks run the same number
+  of them (the SFT trainer pads a rank short of a micro-batch with a zero-weight one).
+
+Saving, checkpoints and evaluation see whole tensors: ``full_state`` gathers them (a collective;
+rank 0 receives them on the CPU), ``load_full_state`` shards them back, ``unsharded`` rebuilds a
+plain model on rank 0 for saving and evaluation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def is_sharded(model) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+def shard(model):
+    """Shard ``model`` in place over the process group (its decoder layers, then the rest)."""
+    from torch.distributed.fsdp import fully_shard
+
+    for layer in model.model.layers:
+        fully_shard(layer)
+    fully_shard(model)
+    return model
+
+
+def backward_share(loss, model, world: int) -> None:
+    """Back-propagate a rank's share of the global loss so that the gradients end up summed over
+    ranks: as is for plain models (summed by hand), times ``world`` for sharded ones (averaged)."""
+    (loss * world if is_sharded(model) else loss).backward()
+
+
+def _options():
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def full_state(model, optimizer=None) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Whole model (and optimizer) state dicts, keyed by parameter name, on rank 0's CPU (empty on
+    the other ranks). Every rank must call it."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+    model_state = get_model_state_dict(model, options=_options())
+    optim_state = get_optimizer_state_dict(model, optimizer, options=_options()) if optimizer is not None else None
+    return model_state, optim_state
+
+
+def load_full_state(model, model_state: dict[str, Any], optimizer=None, optim_state: dict[str, Any] | None = None) -> None:
+    """Shard whole state dicts (as ``full_state`` gives them; every rank passes them) into a
+    sharded model and its optimizer."""
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                         set_optimizer_state_dict)
+
+    options = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(model, model_state, options=options)
+    if optimizer is not None and optim_state is not None:
+        set_optimizer_state_dict(model, optimizer, optim_state, options=options)
+
+
+def unsharded(model):
+    """The trained weights as a plain model on rank 0, on the sharded model's device (None on the
+    other ranks). Every rank must call it."""
+    from transformers import AutoModelForCausalLM
+
+    from r1flow.ranks import rank_world
+
+    state, _ = full_state(model)
+    if rank_world()[0] != 0:
+        return None
+    device = next(model.parameters()).device
+    plain = AutoModelForCausalLM.from_config(model.config)  # fp32, as the trainers keep their weights
+    plain.load_state_dict(state)
+    return plain.to(device).eval()
+
+
+def as_float(value) -> float:
+    """A scalar that may be a DTensor (the grad norm of a sharded model)."""
+    return float(value.full_tensor() if hasattr(value, "full_tensor") else value)
