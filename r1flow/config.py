@@ -27,9 +27,8 @@ RULE_REWARDS = ("accuracy", "format", "language")
 STAGES = ("base", "r1_zero", "cold_start", "reasoning_rl", "rejection_sampling", "sft",
           "reward_model", "final_rl", "distill")
 EVALUATION = "evaluation"  # a stage of its own flow (evaluate one model), not of the pipeline
-SHARDED_TRAINING = ("sft", "distill")  # stages that train fully sharded (launch.strategy: fsdp)
 SHARDABLE = ("rejection_sampling", "evaluation")  # stages whose work splits into shards (launch.shards)
-MULTI_PROCESS = ("r1_zero", "reasoning_rl", "final_rl", "sft", "distill")  # stages whose trainers run DDP
+MULTI_PROCESS = ("r1_zero", "reasoning_rl", "final_rl", "sft", "distill")  # trainers that run DDP or FSDP
 
 
 class ConfigError(ValueError):
@@ -60,8 +59,8 @@ class Launch(Section):
     machines: int = Field(1, ge=1, description="machines of a multi-node stage; each runs with R1FLOW_MACHINE_RANK "
                           "and R1FLOW_MAIN_PROCESS_IP set (the Kubernetes multi-node template does)")
     strategy: Literal["ddp", "fsdp", "zero3"] = Field("ddp", description="configs/accelerate/<strategy>.yaml: 'ddp' "
-                                                      "(every stage that runs on several processes) or 'fsdp' (FSDP2, "
-                                                      "fully sharded: sft and distill); 'zero3' is refused")
+                                                      "or 'fsdp' (FSDP2: parameters, gradients and optimizer "
+                                                      "state sharded over the ranks); 'zero3' is refused")
     main_process_port: int = Field(29500, gt=0, lt=65536, description="rendezvous port of rank 0")
 
     @model_validator(mode="after")
@@ -307,9 +306,9 @@ class PipelineConfig(BaseModel):
             if stage not in MULTI_PROCESS and launch.processes * launch.machines > 1:
                 raise ValueError(f"{stage}.launch.processes/machines: only these stages run on several processes: "
                                  f"{', '.join(MULTI_PROCESS)}")
-            if launch.strategy == "fsdp" and stage not in SHARDED_TRAINING:
-                raise ValueError(f"{stage}.launch.strategy 'fsdp': only these stages train sharded so far: "
-                                 f"{', '.join(SHARDED_TRAINING)} (GRPO's rollouts need a whole copy of the policy)")
+            if launch.strategy == "fsdp" and stage not in MULTI_PROCESS:
+                raise ValueError(f"{stage}.launch.strategy 'fsdp': only these stages train, sharded or not: "
+                                 f"{', '.join(MULTI_PROCESS)}")
         if self.rejection_sampling.launch.shards > 1 and not self.rejection_sampling.checkpoint_chunks:
             raise ValueError("rejection_sampling.launch.shards > 1 needs checkpoint_chunks: shards hand over "
                              "saved chunks")

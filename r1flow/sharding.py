@@ -13,12 +13,16 @@ Two rules follow from r1flow's distributed math (``r1flow.ranks``):
 
 Saving, checkpoints and evaluation see whole tensors: ``full_state`` gathers them (a collective;
 rank 0 receives them on the CPU), ``load_full_state`` shards them back, ``unsharded`` rebuilds a
-plain model on rank 0 for saving and evaluation.
+plain model on rank 0 for saving and evaluation. GRPO samples from a whole copy of the policy on
+every rank (``WholeCopyEngine``: generation runs a different number of forwards per rank, which a
+sharded model cannot), refreshed from the shards after every step, as a vLLM engine is.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+import torch
 
 
 def is_sharded(model) -> bool:
@@ -28,9 +32,18 @@ def is_sharded(model) -> bool:
 
 
 def shard(model):
-    """Shard ``model`` in place over the process group (its decoder layers, then the rest)."""
+    """Shard ``model`` in place over the process group (its decoder layers, then the rest), after
+    checking that every rank loaded the same weights (each rank keeps only its own slice)."""
+    import torch.distributed as dist
     from torch.distributed.fsdp import fully_shard
 
+    checksum = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum().reshape(1)
+    low, high = checksum.clone(), checksum.clone()
+    dist.all_reduce(low, op=dist.ReduceOp.MIN)
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    if low.item() != high.item():
+        raise RuntimeError(f"the ranks loaded different weights (checksums {low.item()} to {high.item()}): "
+                           "is FSDP_CPU_RAM_EFFICIENT_LOADING set? (configs/accelerate/fsdp.yaml)")
     for layer in model.model.layers:
         fully_shard(layer)
     fully_shard(model)
@@ -52,18 +65,25 @@ def _options():
 def full_state(model, optimizer=None) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """Whole model (and optimizer) state dicts, keyed by parameter name, on rank 0's CPU (empty on
     the other ranks). Every rank must call it."""
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
 
     model_state = get_model_state_dict(model, options=_options())
     optim_state = get_optimizer_state_dict(model, optimizer, options=_options()) if optimizer is not None else None
     return model_state, optim_state
 
 
-def load_full_state(model, model_state: dict[str, Any], optimizer=None, optim_state: dict[str, Any] | None = None) -> None:
+def load_full_state(model, model_state: dict[str, Any], optimizer=None,
+                    optim_state: dict[str, Any] | None = None) -> None:
     """Shard whole state dicts (as ``full_state`` gives them; every rank passes them) into a
     sharded model and its optimizer."""
-    from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
-                                                         set_optimizer_state_dict)
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
 
     options = StateDictOptions(full_state_dict=True)
     set_model_state_dict(model, model_state, options=options)
@@ -90,3 +110,45 @@ def unsharded(model):
 def as_float(value) -> float:
     """A scalar that may be a DTensor (the grad norm of a sharded model)."""
     return float(value.full_tensor() if hasattr(value, "full_tensor") else value)
+
+
+def micro_batches(rows: torch.Tensor, size: int, model) -> list[torch.Tensor | None]:
+    """``rows`` in micro-batches of ``size``; for a sharded model padded with ``None`` up to the
+    count of the rank that has the most (each ``None``: a dummy forward, and backward, that keeps
+    the ranks' collectives in step)."""
+    parts: list[torch.Tensor | None] = list(rows.split(size))
+    if not is_sharded(model):
+        return parts
+    import torch.distributed as dist
+
+    most = torch.tensor([len(parts)], device=rows.device)
+    dist.all_reduce(most, op=dist.ReduceOp.MAX)
+    return parts + [None] * (int(most) - len(parts))
+
+
+def gather_into(sharded, whole) -> None:
+    """Copy a sharded model's weights into a plain model of the same architecture, one parameter at
+    a time (an all-gather each: every rank calls it, and holds one whole parameter at a time)."""
+    target = dict(whole.named_parameters())
+    with torch.no_grad():
+        for name, p in sharded.named_parameters():
+            target[name].copy_(p.full_tensor() if hasattr(p, "full_tensor") else p)
+
+
+class WholeCopyEngine:
+    """A generation engine on a whole copy of a sharded policy: ``sync_weights(policy)`` gathers
+    the shards into the copy, then lets the inner engine take the copy's weights (a vLLM engine
+    is sent them in memory; the torch engines read the copy directly)."""
+
+    def __init__(self, inner, whole) -> None:
+        self.inner, self.whole = inner, whole
+
+    def generate(self, *args, **kwargs):
+        return self.inner.generate(*args, **kwargs)
+
+    def sync_weights(self, policy) -> None:
+        gather_into(policy, self.whole)
+        self.inner.sync_weights(self.whole)
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)

@@ -91,7 +91,8 @@ def run_flows(stage: str, deployment: str, runs: dict[str, dict[str, Any]], laun
         raise
     failed = any(state.type != StateType.COMPLETED for state in states.values())
     for flow_run_id in started.keys() - states.keys():  # still running: a sibling failed, or time is up
-        cancel(flow_run_id, "a sibling shard failed" if failed else f"launch.timeout_s={launch.get('timeout_s')} passed")
+        why = "a sibling shard failed" if failed else f"launch.timeout_s={launch.get('timeout_s')} passed"
+        cancel(flow_run_id, why)
     for flow_run_id, state in states.items():
         where = started[flow_run_id]
         if state.type in (StateType.CANCELLED, StateType.CANCELLING):

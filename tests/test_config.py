@@ -62,7 +62,7 @@ def test_apply_set_parses_yaml_values():
     (["sft.launch.shards=2"], "only these stages split their work into shards: rejection_sampling, evaluation"),
     (["rejection_sampling.launch.processes=2"], "only these stages run on several processes"),
     (["sft.launch.processes=2", "sft.launch.strategy=zero3"], "shards with PyTorch's FSDP2"),
-    (["reasoning_rl.launch.processes=2", "reasoning_rl.launch.strategy=fsdp"], "only these stages train sharded"),
+    (["rejection_sampling.launch.strategy=fsdp"], "only these stages train, sharded or not"),
 ])
 def test_scale_out_settings_that_cannot_work_are_refused_by_name(sets, refusal):
     with pytest.raises(ConfigError, match=refusal):
@@ -71,5 +71,6 @@ def test_scale_out_settings_that_cannot_work_are_refused_by_name(sets, refusal):
 
 def test_scale_out_settings_that_work_are_accepted():
     c = load_config("micro", sets=["sft.launch.processes=2", "sft.launch.strategy=fsdp", "distill.launch.machines=2",
+                                   "reasoning_rl.launch.processes=8", "reasoning_rl.launch.strategy=fsdp",
                                    "evaluation.launch.shards=3", "evaluate.engine=vllm"])
     assert (c.sft.launch.strategy, c.distill.launch.machines, c.evaluation.launch.shards) == ("fsdp", 2, 3)

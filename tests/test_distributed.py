@@ -24,8 +24,8 @@ SCRIPT = Path(__file__).with_name("dist_grpo_step.py")
 ROOT = SCRIPT.parent.parent
 
 
-@pytest.mark.parametrize("mode", ["token_mean", "sequence_mean"])
-def test_two_ranks_equal_one_process(tmp_path, mode):
+@pytest.mark.parametrize("mode,sharding", [("token_mean", "ddp"), ("sequence_mean", "ddp"), ("token_mean", "fsdp")])
+def test_two_ranks_equal_one_process(tmp_path, mode, sharding):
     tok = train_tokenizer(["a b c d e f g 1 2 3 + = q <think> </think> bb"] * 20, 280)
     model = build_model(ModelArch(hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=128),
                         tok, seed=0)
@@ -46,16 +46,19 @@ def test_two_ranks_equal_one_process(tmp_path, mode):
                tmp_path / "batch.pt")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
            "ACCELERATE_USE_CPU": "true"}
-    single = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path), str(tmp_path / "one")],
+    extra = ["fsdp"] if sharding == "fsdp" else []  # FSDP2 shards, 8 and 4 rows on the two ranks
+    single = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path), str(tmp_path / "one"), *extra],
                             env=env, capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr[-3000:]
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-              "--main_process_port", "29517", str(SCRIPT), str(tmp_path), str(tmp_path / "two")]
+              "--main_process_port", "29517", str(SCRIPT), str(tmp_path), str(tmp_path / "two"), *extra]
     double = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=300)
     assert double.returncode == 0, double.stderr[-3000:]
     one, two = torch.load(tmp_path / "one" / "params.pt"), torch.load(tmp_path / "two" / "params.pt")
     assert (one["world"], two["world"]) == (1, 2)
+    # Adam's first step hardly depends on the gradients' scale; their norm does: summed, not averaged
+    assert two["grad_norm"] == pytest.approx(one["grad_norm"], rel=1e-4)
     moved = max((one["params"][n] - p).abs().max().item() for n, p in model.named_parameters())
     assert moved > 5e-4  # the step did something (AdamW's first step moves a parameter by about lr)
     for name, value in one["params"].items():  # within 1% of a step: Adam's g/|g| magnifies float noise

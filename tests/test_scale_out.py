@@ -5,14 +5,21 @@ and on two machines (machine 1 a follower, ``r1flow.multinode``) — each giving
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
 import pytest
+import torch
 
 from tests.conftest import REPO, cli_env, r1flow
 
 pytestmark = pytest.mark.usefixtures("prefect_api")  # the CLI runs go to the server micro_home ran on
+
+
+def grad_norm(text: str) -> float:
+    """The gradient norm logged at the last step (Adam's updates barely show a gradient's scale)."""
+    return float(re.findall(r"step 10 .*grad_norm=([0-9.e+-]+)", text)[-1])
 
 
 def test_killed_or_sharded_rejection_sampling_makes_the_same_dataset(micro_home):
@@ -69,8 +76,9 @@ def test_a_stage_on_two_processes_or_two_machines_trains_the_same_weights(micro_
         uri = next(line.split()[-1] for line in out.stdout.splitlines() if "artifacts/sft/" in line)
         return uri, load_file(LocalStore(home / "store").local_path(uri) / "model" / "model.safetensors"), text
 
-    uri, one, _ = weights(r1flow(args, home))
-    same_uri, two, _ = weights(r1flow([*args, "--refresh", "--set", "sft.launch.processes=2"], home))
+    uri, one, one_text = weights(r1flow(args, home))
+    same_uri, two, two_text = weights(r1flow([*args, "--refresh", "--set", "sft.launch.processes=2"], home))
+    assert grad_norm(two_text) == pytest.approx(grad_norm(one_text), rel=1e-3)  # summed, not averaged
     assert same_uri == uri  # launch is not in the cache key: the same artifact, re-made on two ranks
     base = load_file(next((home / "store" / "artifacts" / "base").iterdir()) / "teacher" / "model.safetensors")
     moved = max((one[k] - base[k]).abs().max().item() for k in one)
@@ -111,5 +119,32 @@ def test_a_stage_on_two_processes_or_two_machines_trains_the_same_weights(micro_
                     "--set", "sft.checkpoint_every=4"]
     _, sharded, text = weights(r1flow(sharded_args, home, R1FLOW_FAULT_KILL=f"sft:6:{marker}"))
     assert marker.exists() and "resuming from checkpoint" in text and "step-00000004" in text, text[-3000:]
+    assert grad_norm(text) == pytest.approx(grad_norm(one_text), rel=1e-3)
     differ = max((one[k] - sharded[k]).abs().max().item() for k in one)
     assert differ < 1e-3 * moved, (moved, differ)
+
+
+def test_grpo_fully_sharded_through_the_launcher_publishes_the_whole_policy(micro_home):
+    """R1-Zero with ``strategy: fsdp`` on two ranks: rollouts and evaluations come from a whole copy
+    of the policy, refreshed from the shards after every step; a checkpoint is gathered at step 2;
+    the published model is that copy, equal to the one-process R1-Zero model. (Micro's rewards are
+    mostly 0, so this checks the plumbing; ``tests/test_distributed.py`` checks a sharded GRPO
+    step's math against one process.)"""
+    from safetensors.torch import load_file
+
+    from r1flow.store_local import LocalStore
+
+    home, _ = micro_home
+    store = LocalStore(home / "store")
+    args = ["stage", "r1_zero", "--preset", "micro", "--name", "first"]
+
+    def published(out):
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        uri = next(line.split()[-1] for line in out.stdout.splitlines() if "artifacts/r1_zero/" in line)
+        return uri, load_file(store.local_path(uri) / "model" / "model.safetensors")
+
+    uri, one = published(r1flow(args, home))
+    same_uri, two = published(r1flow([*args, "--refresh", "--set", "r1_zero.launch.processes=2", "--set",
+                                      "r1_zero.launch.strategy=fsdp", "--set", "r1_zero.checkpoint_every=2"], home))
+    assert same_uri == uri and store.keys(uri.split("/store/")[-1].replace("artifacts/", "checkpoints/", 1))
+    assert one.keys() == two.keys() and all(torch.allclose(one[k], two[k], atol=1e-5) for k in one)

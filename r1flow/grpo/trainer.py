@@ -32,6 +32,8 @@ Deliberate choices:
    optimizer steps actually taken.
 6. Several processes: each rank samples its own slice of the step's prompts; token counts and
    gradients are summed over ranks in one place (``all_ranks_sum``). One process is the main path.
+   A sharded policy (``r1flow.sharding``, FSDP2) samples through a whole copy, reduce-scatters its
+   gradients in the backward passes, and pads short ranks with zero-weight micro-batches.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ from r1flow.grpo.loss import group_advantages, grpo_loss, zero_variance_groups
 from r1flow.grpo.params import GRPOParams
 from r1flow.grpo.rewarding import RewardScores, RewardSpec, reward_metrics, score_batch
 from r1flow.ranks import all_ranks_sum, rank_world
+from r1flow.sharding import as_float, backward_share, is_sharded, micro_batches
 from r1flow.tracking import NullTracker, Tracker
 
 SAMPLE_ROWS = 8
@@ -143,11 +146,20 @@ def rollout_batch(rollouts: Rollouts, rewards: Tensor, params: GRPOParams, devic
 def batch_logprobs(model, batch: RolloutBatch, micro_batch_size: int, temperature: float) -> Tensor:
     """Per-token log-probs [N, L] of every row under ``model``, no grad (0 past each row's length)."""
     out = torch.zeros(batch.completion_ids.shape, dtype=torch.float32, device=batch.advantages.device)
-    for rows in torch.arange(len(batch), device=out.device).split(micro_batch_size):
+    for rows in micro_batches(torch.arange(len(batch), device=out.device), micro_batch_size, model):
         with torch.inference_mode():
+            if rows is None:  # sharded: this rank has fewer rows; keep the collectives in step
+                _placeholder(out.device).logprobs(model, torch.zeros(1, dtype=torch.long), temperature)
+                continue
             logp = batch.logprobs(model, rows, temperature)  # [n, L']
         out[rows, : logp.size(1)] = logp
     return out
+
+
+def _placeholder(device: torch.device) -> RolloutBatch:
+    """One row of one token each, for a sharded rank's padding micro-batch (its loss weight is 0)."""
+    one = torch.ones((1, 1), dtype=torch.long, device=device)
+    return RolloutBatch(one, one, one, one, torch.zeros(1, device=device))
 
 
 # ---------------------------------------------------------------- gradients
@@ -160,7 +172,12 @@ def minibatch_backward(model, batch: RolloutBatch, rows: Tensor, params: GRPOPar
     loss, the token count and token-weighted sums of the loss statistics.
     """
     sums: dict[str, float] = defaultdict(float)
-    for micro in rows.split(params.micro_batch_size):
+    world = rank_world()[1]
+    for micro in micro_batches(rows, params.micro_batch_size, model):
+        if micro is None:  # sharded: this rank has fewer rows; a zero-weight pass keeps the ranks in step
+            pad = _placeholder(rows.device).logprobs(model, torch.zeros(1, dtype=torch.long), params.temperature)
+            backward_share(pad.sum() * 0.0, model, world)
+            continue
         logp = batch.logprobs(model, micro, params.temperature)  # [n, L']
         length = logp.size(1)
         old = logp.detach() if batch.old_logp is None else batch.old_logp[micro, :length]
@@ -169,7 +186,7 @@ def minibatch_backward(model, batch: RolloutBatch, rows: Tensor, params: GRPOPar
                                 beta=params.beta, eps_low=params.eps_low, eps_high=params.eps_high,
                                 mode=params.loss_agg, total_tokens=total_tokens,
                                 num_sequences=num_sequences, max_len=params.max_new_tokens)
-        loss.backward()
+        backward_share(loss, model, world)  # a share of the minibatch's loss: summed over ranks
         tokens = float(stats["num_tokens"])
         sums["loss"] += float(loss.detach())
         sums["tokens"] += tokens
@@ -193,15 +210,16 @@ def make_optimizer(model, params: GRPOParams) -> tuple[torch.optim.Optimizer, to
 
 def _apply_update(model, optimizer, scheduler, grad_clip: float) -> float:
     trainable = [p for p in model.parameters() if p.requires_grad]
-    for p in trainable:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-    all_ranks_sum([p.grad for p in trainable])
+    if not is_sharded(model):  # sharded, the backward passes reduce-scattered the gradients already
+        for p in trainable:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        all_ranks_sum([p.grad for p in trainable])
     norm = torch.nn.utils.clip_grad_norm_(trainable, grad_clip or float("inf"))
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return float(norm)
+    return as_float(norm)
 
 
 # ---------------------------------------------------------------- the loop
@@ -367,7 +385,8 @@ def train_grpo(model, tokenizer, prompts: list[dict], reward_fns: list[RewardSpe
             window = defaultdict(list)
         if rank == 0 and (done % params.sample_every == 0 or done == 1):
             tracker.log_table(_sample_rows(done, rows, rollouts, scores.total, group), f"samples_step{done}")
-        if rank == 0 and checkpoints is not None and not spent and checkpoints.due(done, params.steps):
+        saves = rank == 0 or is_sharded(model)  # sharded: every rank gathers, rank 0 writes
+        if saves and checkpoints is not None and not spent and checkpoints.due(done, params.steps):
             checkpoints.save(done, model=model, optimizer=optimizer, scheduler=scheduler,
                              extra={"rewards": rewards, "optimizer_steps": optimizer_steps, "window": dict(window),
                                     "train_flops": train_flops})

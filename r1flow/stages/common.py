@@ -135,7 +135,8 @@ def problems(ctx: StageContext, source: str, n: int, seed: int) -> list[dict[str
 
 
 def evaluate(ctx: StageContext, model, tokenizer, template: str, *, step: int = 0,
-             name: str = "eval", write: bool = True, save_chunks: bool = False) -> tuple[dict[str, float], dict[str, dict]]:
+             name: str = "eval", write: bool = True,
+             save_chunks: bool = False) -> tuple[dict[str, float], dict[str, dict]]:
     """Paper §3 evaluation on every configured benchmark; logs ``eval/<bench>/<metric>`` at ``step``.
 
     Returns the metrics and, per benchmark, each problem's (strict, lenient) pass@1 over its k
@@ -160,7 +161,8 @@ def evaluate(ctx: StageContext, model, tokenizer, template: str, *, step: int = 
                                 temperature=float(cfg.get("temperature", 0.6)),
                                 top_p=float(cfg.get("top_p", 0.95)),
                                 max_new_tokens=int(cfg.get("max_new_tokens", 64)),
-                                seed=int(ctx.runtime.get("seed", 0)), batch_size=max(1, int(cfg.get("batch_size", 128)) // 4),
+                                seed=int(ctx.runtime.get("seed", 0)),
+                                batch_size=max(1, int(cfg.get("batch_size", 128)) // 4),
                                 chunks=chunks, shard=ctx.spec.shard)
         if chunks and chunks.loaded:
             ctx.log(f"evaluation {short}: reused {chunks.loaded} saved chunk(s)")

@@ -10,11 +10,14 @@ paired standard error.
 
 from __future__ import annotations
 
+import copy
 import math
 from types import SimpleNamespace
 from typing import Any, Callable
 
 from r1flow.config import PromptSource, RewardSpec, RLConfig
+from r1flow.ranks import rank_world
+from r1flow.sharding import WholeCopyEngine, shard
 from r1flow.stages.common import evaluate, load_policy, paired_gain, problems, save_policy, vllm_engine_kw
 from r1flow.stages.runner import StageContext
 
@@ -101,6 +104,12 @@ def run(ctx: StageContext) -> None:
 
     cfg: RLConfig = ctx.config
     model, tokenizer = load_policy(ctx.inputs["policy"], ctx, which=cfg.model)
+    policy = model  # what trains; ``model`` is what samples, is evaluated and is saved
+    sharded = cfg.launch.strategy == "fsdp" and rank_world()[1] > 1
+    if sharded:  # train the shards; keep a whole copy, refreshed from them every step (r1flow.sharding)
+        model = copy.deepcopy(policy)
+        ctx.sources[id(model)] = ctx.sources.get(id(policy), {})
+        shard(policy)
     wants_ref = cfg.grpo.beta > 0 or cfg.grpo.log_kl
     ref_model = load_policy(ctx.inputs["policy"], ctx, which=cfg.model)[0].eval() if wants_ref else None
     per_source = [_prompts(p, ctx) for p in cfg.prompts]
@@ -118,6 +127,8 @@ def run(ctx: StageContext) -> None:
     extra = vllm_engine_kw(ctx, ctx.inputs["policy"], cfg.model) if cfg.engine == "vllm" else {}
     engine = make_engine(cfg.engine, model, tokenizer, batch_size=cfg.grpo.prompts_per_step * cfg.grpo.group_size,
                          **extra)
+    if sharded:
+        engine = WholeCopyEngine(engine, model)
     if cfg.engine == "vllm":  # evaluate.engine vllm then samples from this engine too: one on the GPU
         ctx.engines[id(model)] = engine
     start, start_scores = evaluate(ctx, model, tokenizer, cfg.template, step=0, write=False)
@@ -131,7 +142,7 @@ def run(ctx: StageContext) -> None:
             recorded.history.append((step, evaluate(ctx, model, tokenizer, cfg.template, step=step, write=False)[0]))
 
     ctx.log(f"{ctx.spec.stage}: GRPO for {cfg.grpo.steps} steps on {len(prompts)} prompts")
-    final = train_grpo(model, tokenizer, prompts, reward_fns, cfg.grpo, recorded, engine=engine,
+    final = train_grpo(policy, tokenizer, prompts, reward_fns, cfg.grpo, recorded, engine=engine,
                        ref_model=ref_model, on_step=on_step, checkpoints=ctx.checkpointer())
     save_policy(model, tokenizer, ctx)
     steps = int(final["steps"])  # fewer than cfg.grpo.steps when max_train_flops stopped it
