@@ -28,7 +28,7 @@ STAGES = ("base", "r1_zero", "cold_start", "reasoning_rl", "rejection_sampling",
           "reward_model", "final_rl", "distill")
 EVALUATION = "evaluation"  # a stage of its own flow (evaluate one model), not of the pipeline
 SHARDABLE = ("rejection_sampling", "evaluation")  # stages whose work splits into shards (launch.shards)
-MULTI_PROCESS = ("r1_zero", "reasoning_rl", "final_rl", "sft", "distill")  # trainers that run DDP or FSDP
+MULTI_PROCESS = ("r1_zero", "cold_start", "reasoning_rl", "final_rl", "sft", "distill")  # trainers: DDP or FSDP
 
 
 class ConfigError(ValueError):

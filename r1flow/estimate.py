@@ -48,7 +48,9 @@ class StageEstimate:
 
 
 def _hours(generate: float, train: float, a: Assumptions) -> float:
-    peak = PEAK_BF16[a.gpu] * a.gpus
+    """GPU-hours: the stage's FLOPs over one GPU's sustained rate (on ``a.gpus`` GPUs the wall-clock
+    time is this over ``a.gpus``)."""
+    peak = PEAK_BF16[a.gpu]
     return (generate / (peak * a.generate_mfu) + train / (peak * a.train_mfu)) / 3600.0
 
 
@@ -123,7 +125,7 @@ def estimate(config: PipelineConfig, params: dict[str, int], a: Assumptions = As
         rl = config.section(stage)
         g = rl.grpo
         p, c = _sequence(g.max_new_tokens, a)
-        rows = g.prompts_per_step * g.group_size
+        rows = g.prompts_per_step * g.group_size * rl.launch.processes * rl.launch.machines  # per rank × ranks
         step = grpo_step_flops(n, rows * p, rows * c, mu=g.mu, reference=g.beta > 0 or g.log_kl,
                                old_policy=g.mu > 1 or g.num_minibatches > 1)
         generate = 2.0 * n * rows * (p + c) * g.steps
@@ -145,10 +147,12 @@ def estimate(config: PipelineConfig, params: dict[str, int], a: Assumptions = As
 
 def render(rows: list[StageEstimate], a: Assumptions) -> str:
     """A markdown table, the assumptions under it."""
-    lines = ["| stage | generation (PFLOP) | training (PFLOP) | GPU-hours |", "|---|---|---|---|"]
-    lines += [f"| {r.stage} | {r.generate_flops / 1e15:,.0f} | {r.train_flops / 1e15:,.0f} | {r.gpu_hours:,.1f} |"
-              for r in rows]
-    lines.append(f"| **total** | | | **{sum(r.gpu_hours for r in rows):,.1f}** |")
+    lines = [f"| stage | generation (PFLOP) | training (PFLOP) | GPU-hours | hours on {a.gpus} GPU(s) |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {r.stage} | {r.generate_flops / 1e15:,.0f} | {r.train_flops / 1e15:,.0f} | {r.gpu_hours:,.1f} | "
+              f"{r.gpu_hours / a.gpus:,.1f} |" for r in rows]
+    total = sum(r.gpu_hours for r in rows)
+    lines.append(f"| **total** | | | **{total:,.1f}** | **{total / a.gpus:,.1f}** |")
     lines += ["", f"Assumed: {a.gpus} × {a.gpu} ({PEAK_BF16[a.gpu] / 1e12:.0f} TFLOP/s bf16 each), training at "
               f"{a.train_mfu:.0%} and generation at {a.generate_mfu:.0%} of peak, completions filling "
               f"{a.fill:.0%} of max_new_tokens, {a.prompt_tokens}-token prompts, {a.kept:.0%} of samples kept, "

@@ -23,3 +23,12 @@ def all_ranks_sum(tensors: list[Tensor]) -> None:
     if dist.is_available() and dist.is_initialized():
         for tensor in tensors:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+
+
+def from_rank_zero(obj):
+    """Rank 0's ``obj`` on every rank (work done once, e.g. curated data, shared before training)."""
+    if dist.is_available() and dist.is_initialized():
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+    return obj

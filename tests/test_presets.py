@@ -59,12 +59,26 @@ def test_gpu_hours_estimate_against_hand_values():
     r1_zero = rows["r1_zero"]
     assert r1_zero.generate_flops == 2 * 1_000 * per_step * 10 + 2 * evaluation  # evaluated at start and end
     assert r1_zero.train_flops == 6 * 1_000 * per_step * 10   # micro's R1-Zero keeps no reference (beta 0)
-    peak = 312e12 * 2
+    peak = 312e12  # GPU-hours: one A100's sustained rate (the 2 GPUs share them: half as many wall hours)
     assert r1_zero.gpu_hours == pytest.approx((r1_zero.generate_flops / (peak * 0.1)
                                                + r1_zero.train_flops / (peak * 0.5)) / 3600)
+    c.r1_zero.launch.processes = 2  # prompts_per_step is per rank: two ranks train on twice the rows
+    assert {r.stage: r for r in estimate(c, {"teacher": 1_000, "student": 100}, a)}["r1_zero"].train_flops == \
+        2 * r1_zero.train_flops
     rs = c.rejection_sampling                             # distill: 6 · N_student · kept rows · tokens · epochs
     rows_kept = 0.5 * rs.num_prompts * rs.samples_per_prompt / (1 - rs.non_reasoning_fraction)
     tokens = 25 + round(0.5 * rs.max_new_tokens)
     assert rows["distill"].train_flops == 6 * 100 * round(rows_kept * c.distill.train.epochs * tokens)
     sft = c.sft.train                                      # micro's SFT is capped by max_steps, not epochs
     assert sft.max_steps and rows["sft"].train_flops == 6 * 1_000 * sft.max_steps * sft.batch_size * tokens
+
+
+def test_the_7b_preset_trains_sharded_on_eight_gpus_with_the_papers_batch():
+    c = load_config("qwen2.5-math-7b")
+    assert model_params(c) == {"teacher": 7_070_619_136, "student": 1_543_714_304}
+    for stage in ("r1_zero", "cold_start", "reasoning_rl", "final_rl", "sft", "distill"):
+        launch = c.section(stage).launch
+        assert (launch.processes, launch.machines, launch.strategy) == (8, 1, "fsdp"), stage
+    for stage in ("r1_zero", "reasoning_rl", "final_rl"):  # per rank: 4 questions × 8 ranks = 32 per step
+        assert c.section(stage).grpo.prompts_per_step * c.section(stage).launch.processes == 32
+    assert c.rejection_sampling.launch.shards == c.evaluation.launch.shards == 8

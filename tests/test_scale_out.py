@@ -127,9 +127,9 @@ def test_a_stage_on_two_processes_or_two_machines_trains_the_same_weights(micro_
 def test_grpo_fully_sharded_through_the_launcher_publishes_the_whole_policy(micro_home):
     """R1-Zero with ``strategy: fsdp`` on two ranks: rollouts and evaluations come from a whole copy
     of the policy, refreshed from the shards after every step; a checkpoint is gathered at step 2;
-    the published model is that copy, equal to the one-process R1-Zero model. (Micro's rewards are
-    mostly 0, so this checks the plumbing; ``tests/test_distributed.py`` checks a sharded GRPO
-    step's math against one process.)"""
+    the published model is that copy, equal to the model two data-parallel ranks publish (the
+    same prompts per rank). ``tests/test_distributed.py`` checks a sharded GRPO step's math against
+    one process; this checks the plumbing around it."""
     from safetensors.torch import load_file
 
     from r1flow.store_local import LocalStore
@@ -143,8 +143,9 @@ def test_grpo_fully_sharded_through_the_launcher_publishes_the_whole_policy(micr
         uri = next(line.split()[-1] for line in out.stdout.splitlines() if "artifacts/r1_zero/" in line)
         return uri, load_file(store.local_path(uri) / "model" / "model.safetensors")
 
-    uri, one = published(r1flow(args, home))
-    same_uri, two = published(r1flow([*args, "--refresh", "--set", "r1_zero.launch.processes=2", "--set",
-                                      "r1_zero.launch.strategy=fsdp", "--set", "r1_zero.checkpoint_every=2"], home))
+    two_ranks = [*args, "--refresh", "--set", "r1_zero.launch.processes=2"]
+    uri, one = published(r1flow(two_ranks, home))
+    same_uri, two = published(r1flow([*two_ranks, "--set", "r1_zero.launch.strategy=fsdp", "--set",
+                                      "r1_zero.checkpoint_every=2"], home))
     assert same_uri == uri and store.keys(uri.split("/store/")[-1].replace("artifacts/", "checkpoints/", 1))
     assert one.keys() == two.keys() and all(torch.allclose(one[k], two[k], atol=1e-5) for k in one)

@@ -4,7 +4,8 @@ Long-CoT rows come from the configured sources — samples of the R1-Zero model 
 preset, as the paper does) or JSONL files of ``{question, answer, completion}`` — and are curated
 (``r1flow.data.curate``: correct, well-formed, single-language, length-bounded, deduplicated,
 decontaminated against every evaluation set) into the readable format (reasoning, then a
-summary) under the R1 template. The base teacher is then fine-tuned on them.
+summary) under the R1 template. The base teacher is then fine-tuned on them. On several ranks,
+rank 0 samples and curates once and shares the rows; SFT runs data-parallel or fully sharded.
 """
 
 from __future__ import annotations
@@ -12,8 +13,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from r1flow.config import ColdStartConfig
-from r1flow.stages.common import (eval_questions, evaluate, load_policy, problems, sample_rows,
-                                  sampling_engine, save_policy, write_dataset)
+from r1flow.ranks import from_rank_zero
+from r1flow.stages.common import (
+    eval_questions,
+    evaluate,
+    load_policy,
+    problems,
+    sample_rows,
+    sampling_engine,
+    save_policy,
+    train_sft_stage,
+    write_dataset,
+)
 from r1flow.stages.runner import StageContext
 
 Config = ColdStartConfig
@@ -36,9 +47,20 @@ def check(ctx: StageContext) -> None:
 
 
 def run(ctx: StageContext) -> None:
+    cfg: ColdStartConfig = ctx.config
+    examples = from_rank_zero(curated(ctx) if ctx.rank == 0 else None)  # several ranks: sampled once
+    model, tokenizer = load_policy(ctx.inputs["base"], ctx)
+    model, final = train_sft_stage(ctx, model, tokenizer, examples, cfg.train)
+    if model is None:  # a rank other than 0 of a sharded run: rank 0 saves and evaluates
+        return
+    save_policy(model, tokenizer, ctx)
+    evaluate(ctx, model, tokenizer, "r1", step=int(final.get("steps", 0)))
+
+
+def curated(ctx: StageContext) -> list[dict]:
+    """Long-CoT rows sampled from R1-Zero (and read from files), curated; written as the stage's dataset."""
     from r1flow.data.curate import SOURCE_FIELDS, curate
     from r1flow.data.io import read_jsonl
-    from r1flow.train.sft import train_sft
 
     cfg: ColdStartConfig = ctx.config
     seed = int(ctx.runtime.get("seed", 0))
@@ -65,8 +87,4 @@ def run(ctx: StageContext) -> None:
         raise RuntimeError(f"cold-start curation kept no example out of {len(rows)} ({removed})")
     write_dataset(ctx, examples)
     ctx.tracker.log_table(examples[:32], "cold_start_examples")
-    model, tokenizer = load_policy(ctx.inputs["base"], ctx)
-    final = train_sft(model, tokenizer, examples, cfg.train, ctx.tracker, on_step=lambda s: ctx.fault_point(s.step),
-                      checkpoints=ctx.checkpointer())
-    save_policy(model, tokenizer, ctx)
-    evaluate(ctx, model, tokenizer, "r1", step=int(final.get("steps", 0)))
+    return examples

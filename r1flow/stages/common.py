@@ -31,6 +31,8 @@ def setup_torch(ctx: StageContext):
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and "LOCAL_RANK" in os.environ:  # one GPU per process under `accelerate launch`
         device = f"cuda:{os.environ['LOCAL_RANK']}"
+    elif device == "cuda" and ctx.spec.shard:  # the shards of one stage run side by side: one GPU each
+        device = f"cuda:{ctx.spec.shard[0] % torch.cuda.device_count()}"
     return torch.device(device)
 
 
@@ -103,6 +105,23 @@ def vllm_engine_kw(ctx: StageContext, artifact: Path, which: str = "teacher") ->
 def _vllm_settings(ctx: StageContext) -> dict[str, Any]:
     return {"dtype": ctx.runtime.get("dtype", "float32"),
             "tensor_parallel_size": int(ctx.runtime.get("evaluate", {}).get("tensor_parallel_size", 1))}
+
+
+def train_sft_stage(ctx: StageContext, model, tokenizer, examples: list[dict], params) -> tuple[Any, dict[str, float]]:
+    """SFT of ``model`` as the stage's ``launch`` asks — fully sharded under ``strategy: fsdp`` on
+    several ranks (``r1flow.sharding``) — checkpointed, with fault points. Returns the whole trained
+    model (None on the ranks other than 0 of a sharded run: rank 0 saves and evaluates it) and
+    the final metrics."""
+    from r1flow.ranks import rank_world
+    from r1flow.sharding import shard, unsharded
+    from r1flow.train.sft import train_sft
+
+    sharded = ctx.config.launch.strategy == "fsdp" and rank_world()[1] > 1
+    if sharded:
+        shard(model)
+    final = train_sft(model, tokenizer, examples, params, ctx.tracker, on_step=lambda s: ctx.fault_point(s.step),
+                      checkpoints=ctx.checkpointer())
+    return (unsharded(model) if sharded else model), final
 
 
 def save_policy(model, tokenizer, ctx: StageContext, sub: str = "model") -> Path:
