@@ -16,12 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from r1flow import mlflow_runs
-from r1flow.config import STAGES
+from r1flow.config import RL_STAGES, STAGES
 from r1flow.plots import COMPARE_PANELS, plot_overlay
 
 TRAINING = ("loss", "reward/mean", "reward/accuracy/mean", "kl_k3", "clip_fraction", "response_length/mean",
             "kept", "accept_rate", "accuracy")
-RL_STAGES = ("r1_zero", "reasoning_rl", "final_rl")
 PIPELINE_FLOWS = ("r1-pipeline", "r1-zero")
 
 

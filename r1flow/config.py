@@ -26,6 +26,7 @@ CONFIG_DIRS = [Path(__file__).resolve().parent.parent / "configs", Path.cwd() / 
 RULE_REWARDS = ("accuracy", "format", "language")
 STAGES = ("base", "r1_zero", "cold_start", "reasoning_rl", "rejection_sampling", "sft",
           "reward_model", "final_rl", "distill")
+RL_STAGES = ("r1_zero", "reasoning_rl", "final_rl")
 EVALUATION = "evaluation"  # a stage of its own flow (evaluate one model), not of the pipeline
 SHARDABLE = ("rejection_sampling", "evaluation")  # stages whose work splits into shards (launch.shards)
 MULTI_PROCESS = ("r1_zero", "cold_start", "reasoning_rl", "final_rl", "sft", "distill")  # trainers: DDP or FSDP
@@ -150,7 +151,7 @@ class Checkpointed(StageSection):
 class RLConfig(Checkpointed):
     """A GRPO stage: R1-Zero, reasoning RL (§2.3.2) or all-scenario RL (§2.3.4)."""
 
-    cache_exclude: ClassVar[set[str]] = Checkpointed.cache_exclude | {"eval_every"}
+    cache_exclude: ClassVar[set[str]] = Checkpointed.cache_exclude | {"eval_every", "vllm_sleep", "vllm_memory"}
     template: Literal["r1_zero", "r1"] = Field("r1", description="prompt template")
     model: Literal["teacher", "student"] = Field("teacher", description="which model of a base artifact to "
                                                  "train (policies holding one model/ ignore it)")
@@ -158,6 +159,9 @@ class RLConfig(Checkpointed):
     grpo: GRPOParams = Field(default_factory=GRPOParams)
     engine: Literal["torch", "hf", "vllm"] = Field(
         "torch", description="rollout engine: 'torch' (lean KV-cache loop), 'hf' (generate), 'vllm'")
+    vllm_sleep: bool = Field(False, description="engine vllm, CUDA only: colocate engine and trainer on one GPU — "
+                             "the engine sleeps while the trainer runs and wakes to take weights and sample")
+    vllm_memory: float = Field(0.5, gt=0, lt=1, description="engine vllm: share of the GPU's memory it may take")
     eval_every: int = Field(0, ge=0, description="steps between held-out evaluations (0: end only)")
 
 
@@ -309,6 +313,11 @@ class PipelineConfig(BaseModel):
             if launch.strategy == "fsdp" and stage not in MULTI_PROCESS:
                 raise ValueError(f"{stage}.launch.strategy 'fsdp': only these stages train, sharded or not: "
                                  f"{', '.join(MULTI_PROCESS)}")
+        for stage in RL_STAGES:
+            rl = self.section(stage)
+            if rl.vllm_sleep and (rl.engine != "vllm" or self.device == "cpu"):
+                raise ValueError(f"{stage}.vllm_sleep: sleep/wake is a vLLM feature on CUDA; it needs "
+                                 f"{stage}.engine: vllm and device cuda (or auto on a GPU machine)")
         if self.rejection_sampling.launch.shards > 1 and not self.rejection_sampling.checkpoint_chunks:
             raise ValueError("rejection_sampling.launch.shards > 1 needs checkpoint_chunks: shards hand over "
                              "saved chunks")

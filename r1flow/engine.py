@@ -178,7 +178,9 @@ def make_engine(kind: str, model, tokenizer, **kw) -> GenerationEngine:
         return VLLMEngine(kw["model_path"], tokenizer, model=model, dtype=kw.get("dtype", "float32"),
                           revision=kw.get("revision"), trust_remote_code=kw.get("trust_remote_code", False),
                           max_model_len=int(getattr(model.config, "max_position_embeddings", 2048)),
-                          tensor_parallel_size=int(kw.get("tensor_parallel_size", 1)))
+                          tensor_parallel_size=int(kw.get("tensor_parallel_size", 1)),
+                          gpu_memory_utilization=float(kw.get("gpu_memory_utilization", 0.5)),
+                          sleep_mode=bool(kw.get("sleep_mode", False)))
     raise ValueError(f"unknown engine {kind!r}; known: 'torch', 'hf', 'vllm'")
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from r1flow.config import PipelineConfig
+from r1flow.config import RL_STAGES, PipelineConfig
 from r1flow.flops import grpo_step_flops, sft_flops
 
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
@@ -121,7 +121,7 @@ def estimate(config: PipelineConfig, params: dict[str, int], a: Assumptions = As
         out.append(StageEstimate(stage, generate, train, _hours(generate, train, a)))
 
     add("base", 0.0, 0.0)  # real presets start from published weights: only their evaluation
-    for stage in ("r1_zero", "reasoning_rl", "final_rl"):
+    for stage in RL_STAGES:
         rl = config.section(stage)
         g = rl.grpo
         p, c = _sequence(g.max_new_tokens, a)

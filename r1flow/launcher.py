@@ -63,13 +63,15 @@ def stage_command(spec_path: Path, launch: dict | None = None) -> list[str]:
 def run_process(cmd: list[str], *, env: dict[str, str] | None = None,
                 on_event: Callable[[dict], None] = lambda e: None,
                 on_line: Callable[[str], None] = lambda s: None,
-                cwd: str | None = None) -> int:
-    """Run ``cmd`` in a new process group, streaming its output; returns the exit code."""
+                cwd: str | None = None, on_start: Callable[[subprocess.Popen], None] = lambda p: None) -> int:
+    """Run ``cmd`` in a new process group, streaming its output; returns the exit code
+    (``on_start(proc)``: who may need to stop it early, e.g. a failed shard's siblings)."""
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
         env={**os.environ, **(env or {})}, cwd=cwd, start_new_session=True,
     )
     _LIVE.add(proc)
+    on_start(proc)
     try:
         assert proc.stdout is not None
         for line in proc.stdout:

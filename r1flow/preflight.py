@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from r1flow.config import ConfigError, PipelineConfig
+from r1flow.config import RL_STAGES, ConfigError, PipelineConfig
 from r1flow.data.benchmarks import benchmark_name, load_benchmark
 from r1flow.data.io import read_jsonl
 from r1flow.store import StoreError, open_store
@@ -21,7 +21,7 @@ def preflight(config: PipelineConfig, store_root: str, stages: tuple[str, ...] |
         if "base" in stages and src.source != "build" and _is_path(src.source) \
                 and not Path(src.source).expanduser().exists():
             raise ConfigError(f"{role}.source: model path does not exist: {src.source}")
-    for stage in {"r1_zero", "reasoning_rl", "final_rl"} & set(stages):
+    for stage in set(RL_STAGES) & set(stages):
         for i, p in enumerate(config.section(stage).prompts):
             _check_problems(f"{stage}.prompts.{i}.source", p.source)
     if "cold_start" in stages and "r1_zero" in config.cold_start.sources:

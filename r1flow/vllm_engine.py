@@ -51,6 +51,9 @@ class VLLMEngine:
                  revision: str | None = None, trust_remote_code: bool = False,
                  max_model_len: int = 1024, tensor_parallel_size: int = 1, kv_cache_bytes: int | None = None,
                  gpu_memory_utilization: float = 0.5, sleep_mode: bool = False) -> None:
+        """``sleep_mode`` (CUDA only): colocated with the trainer on one GPU — the engine sleeps
+        (weights to the host, KV cache dropped) after each ``generate`` and wakes to take new
+        weights or to sample."""
         os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")  # the reload function goes by RPC
         from vllm import LLM
 
@@ -67,7 +70,7 @@ class VLLMEngine:
         self.tokenizer = tokenizer
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.eos_ids = eos_token_ids(model, tokenizer) if model is not None else [tokenizer.eos_token_id]
-        self.sleeping = False
+        self.sleeping, self.colocated = False, sleep_mode
 
     def generate(self, prompts: list[str], *, n: int, max_new_tokens: int, temperature: float,
                  top_p: float = 1.0, seed: int | None = None, suppress_eos: bool = False) -> Rollouts:
@@ -77,6 +80,8 @@ class VLLMEngine:
         from vllm import SamplingParams
 
         check_generate_args(prompts, n, max_new_tokens, temperature, top_p)
+        if self.sleeping:
+            self.wake_up()
         encoded = self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
         requests = [{"prompt_token_ids": ids} for ids in encoded]
         params = [SamplingParams(n=n, temperature=temperature, top_p=top_p,
@@ -95,11 +100,15 @@ class VLLMEngine:
                                 self.tokenizer, self.pad_id, self.eos_ids)
         for r, c in enumerate(completions):  # a row vLLM cut short (max_model_len) without an EOS:
             out.completion_mask[r, len(c):] = 0  # its padding is not an action
+        if self.colocated:  # the trainer gets the GPU memory back until the next sync
+            self.sleep()
         return out
 
     def sync_weights(self, model) -> None:
         """Push ``model``'s weights into the engine, in memory (HF parameter names; vLLM fuses q/k/v
         and gate/up itself)."""
+        if self.sleeping:
+            self.wake_up()
         import io
 
         buffer = io.BytesIO()  # one bytes object: the tensors vLLM decodes cannot be re-pickled

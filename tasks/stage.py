@@ -27,6 +27,7 @@ from r1flow.launcher import (
     StageCrashed,
     StageInputError,
     check_exit,
+    kill_group,
     run_process,
     stage_command,
 )
@@ -111,7 +112,7 @@ def run_stage(stage: str, key: str, config: dict[str, Any], inputs: dict[str, Ar
 
 def run_spec_process(spec: StageSpec, runtime: Runtime, launch: dict[str, Any] | None,
                      on_event: Callable[[dict[str, Any]], None],
-                     on_line: Callable[[str], None] = lambda line: None) -> int:
+                     on_line: Callable[[str], None] = lambda line: None, on_start=lambda proc: None) -> int:
     """Write ``spec`` to a file in the state folder, run the stage process on it (under
     ``accelerate launch`` when ``launch`` asks for several processes), return its exit code."""
     with tempfile.NamedTemporaryFile("w", suffix=".json", dir=runtime.home, delete=False) as f:
@@ -123,7 +124,7 @@ def run_spec_process(spec: StageSpec, runtime: Runtime, launch: dict[str, Any] |
         multinode.publish_spec(runtime.store(), job, spec.model_dump_json())
     try:
         return run_process(stage_command(Path(f.name), launch), env=runtime.stage_env(), on_event=on_event,
-                           on_line=on_line)
+                           on_line=on_line, on_start=on_start)
     finally:
         os.unlink(f.name)
 
@@ -139,16 +140,24 @@ def stage_spec(stage: str, config: dict[str, Any], inputs: dict[str, ArtifactRef
 def run_shards(spec: StageSpec, n: int, runtime: Runtime) -> None:
     """Shards 0..n-1 of a generation stage, each its own process, all at once. They save chunks and
     publish nothing (no MLflow run of their own: the merging run that follows logs the stage); the
-    first failure fails the stage, and its retry reuses every chunk already saved."""
-    from concurrent.futures import ThreadPoolExecutor
+    first failure stops the others and fails the stage, and its retry reuses every chunk saved."""
+    from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
     logger = get_run_logger()  # the pool's threads do not see the run context
     logger.info("stage %s: %d shards", spec.stage, n)
+    live: list = []
     with ThreadPoolExecutor(n) as pool:
-        list(pool.map(lambda i: run_one_shard(spec, i, n, runtime, logger), range(n)))
+        futures = [pool.submit(run_one_shard, spec, i, n, runtime, logger, live.append) for i in range(n)]
+        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        failed = next((f for f in done if f.exception() is not None), None)
+        if failed is not None:
+            logger.error("stage %s: a shard failed; stopping the others", spec.stage)
+            for proc in live:
+                kill_group(proc)
+            raise failed.exception()
 
 
-def run_one_shard(spec: StageSpec, i: int, n: int, runtime: Runtime, logger) -> None:
+def run_one_shard(spec: StageSpec, i: int, n: int, runtime: Runtime, logger, on_start=lambda proc: None) -> None:
     """Shard ``i`` of ``n`` as its own process: it saves its chunks (resuming from those saved)."""
     errors: list[str] = []
     shard = spec.model_copy(update={"shard": (i, n), "mlflow_run_id": None})
@@ -159,7 +168,7 @@ def run_one_shard(spec: StageSpec, i: int, n: int, runtime: Runtime, logger) -> 
         elif event["event"] == "log":
             logger.info("shard %d/%d: %s", i + 1, n, event.get("message"))
 
-    code = run_spec_process(shard, runtime, None, on_event)
+    code = run_spec_process(shard, runtime, None, on_event, on_start=on_start)
     check_exit(code, f"{spec.stage} shard {i + 1}/{n}", errors[-1] if errors else None)
 
 

@@ -63,6 +63,8 @@ def test_apply_set_parses_yaml_values():
     (["rejection_sampling.launch.processes=2"], "only these stages run on several processes"),
     (["sft.launch.processes=2", "sft.launch.strategy=zero3"], "shards with PyTorch's FSDP2"),
     (["rejection_sampling.launch.strategy=fsdp"], "only these stages train, sharded or not"),
+    (["reasoning_rl.vllm_sleep=true"], "sleep/wake is a vLLM feature on CUDA"),
+    (["reasoning_rl.vllm_sleep=true", "reasoning_rl.engine=vllm"], "sleep/wake is a vLLM feature on CUDA"),
 ])
 def test_scale_out_settings_that_cannot_work_are_refused_by_name(sets, refusal):
     with pytest.raises(ConfigError, match=refusal):

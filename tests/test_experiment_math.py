@@ -110,13 +110,3 @@ def test_the_five_verdicts_from_hand_made_arms():
     assert "from the base [80, 80, 80], after cold start [40, 40, 40]" in text
 
 
-def test_docstring_examples_run():
-    import doctest
-
-    from r1flow import flops
-    from r1flow.data import arith
-    from r1flow.experiments import claims
-
-    for module in (flops, claims, arith):
-        result = doctest.testmod(module)
-        assert result.failed == 0 and result.attempted > 0, module.__name__

@@ -114,6 +114,25 @@ def test_evaluation_through_vllm_reuses_one_engine_and_sends_it_the_current_weig
     assert engine.logprobs(prompt, completion) == pytest.approx(trainer_logprobs(model, prompt, completion), abs=1e-3)
 
 
+def test_a_colocated_engine_sleeps_after_sampling_and_wakes_to_take_weights(setup, monkeypatch):
+    """``vllm_sleep`` (colocated on one GPU): the engine sleeps after each ``generate`` — the
+    trainer then has the memory — and wakes when it is sent weights or asked to sample. vLLM's
+    sleep/wake need CUDA, so here the engine's own two calls are recorded instead of run; the
+    order around them is the engine's real code."""
+    _, _, model, engine = setup
+    calls = []
+    monkeypatch.setattr(engine, "colocated", True)
+    monkeypatch.setattr(engine, "sleep", lambda: (calls.append("sleep"), setattr(engine, "sleeping", True)))
+    monkeypatch.setattr(engine, "wake_up", lambda: (calls.append("wake"), setattr(engine, "sleeping", False)))
+    kw = dict(n=2, max_new_tokens=4, temperature=1.0, seed=0)
+    engine.generate(["a b c"], **kw)          # step 1: sample, then free the GPU for training
+    engine.sync_weights(model)                # after the optimizer step: wake, take the weights
+    engine.generate(["a b c"], **kw)          # step 2: already awake; sleep again after
+    engine.generate(["a b c"], **kw)          # an evaluation while asleep: wake first
+    assert calls == ["sleep", "wake", "sleep", "wake", "sleep"]
+    monkeypatch.setattr(engine, "sleeping", False)
+
+
 def test_sleep_mode_is_refused_on_cpu(setup):
     root, tok, model, _ = setup
     with pytest.raises(Exception, match="[Ss]leep mode is not supported"):

@@ -31,8 +31,6 @@ def setup_torch(ctx: StageContext):
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and "LOCAL_RANK" in os.environ:  # one GPU per process under `accelerate launch`
         device = f"cuda:{os.environ['LOCAL_RANK']}"
-    elif device == "cuda" and ctx.spec.shard:  # the shards of one stage run side by side: one GPU each
-        device = f"cuda:{ctx.spec.shard[0] % torch.cuda.device_count()}"
     return torch.device(device)
 
 

@@ -124,7 +124,8 @@ def run(ctx: StageContext) -> None:
     reward_fns = [(f"{p.source}/{r.name}" if len(cfg.prompts) > 1 else r.name, r.weight,
                    _reward_fn(r, cfg.template, ctx, p.source, by_prompt))
                   for p in cfg.prompts for r in p.rewards]
-    extra = vllm_engine_kw(ctx, ctx.inputs["policy"], cfg.model) if cfg.engine == "vllm" else {}
+    extra = {**vllm_engine_kw(ctx, ctx.inputs["policy"], cfg.model), "sleep_mode": cfg.vllm_sleep,
+             "gpu_memory_utilization": cfg.vllm_memory} if cfg.engine == "vllm" else {}
     engine = make_engine(cfg.engine, model, tokenizer, batch_size=cfg.grpo.prompts_per_step * cfg.grpo.group_size,
                          **extra)
     if sharded:

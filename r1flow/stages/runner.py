@@ -258,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValidationError) as exc:
         emit("error", kind="input", message=f"bad stage spec {argv[0]}: {exc}")
         return EXIT_INPUT_ERROR
+    if spec.shard and (gpu := shard_gpu(os.environ.get("CUDA_VISIBLE_DEVICES"), _gpu_count(), spec.shard[0])):
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu  # before anything touches CUDA: vLLM engines obey it too
     rank = join_process_group(spec.runtime)
     status, code = "FAILED", 1
     try:
@@ -281,6 +283,23 @@ def main(argv: list[str] | None = None) -> int:
     if rank == 0 and spec.tracking_uri and spec.mlflow_run_id:
         mlflow_runs.end_run(spec.tracking_uri, spec.mlflow_run_id, status)
     return code
+
+
+def shard_gpu(visible: str | None, count: int, shard: int) -> str | None:
+    """The one GPU shard ``shard`` of a generation stage uses when the shards run side by side on
+    one machine: the (shard mod n)-th of the n visible GPUs; None with fewer than two.
+
+    >>> shard_gpu(None, 8, 9), shard_gpu("4,6", 8, 3), shard_gpu(None, 1, 3)
+    ('1', '6', None)
+    """
+    ids = [i for i in visible.split(",") if i] if visible else [str(i) for i in range(count)]
+    return ids[shard % len(ids)] if len(ids) > 1 else None
+
+
+def _gpu_count() -> int:
+    """NVIDIA GPUs on this machine, without initializing CUDA (which would freeze its device list)."""
+    gpus = Path("/proc/driver/nvidia/gpus")
+    return len(list(gpus.iterdir())) if gpus.is_dir() else 0
 
 
 def _raise_interrupt(signum, frame):  # SIGTERM from a cancelled run: end the MLflow run as KILLED
