@@ -174,7 +174,7 @@ class PipelineRun:
             raise ValueError(f"shard [{index}, {count}] of stage {name}: need 0 <= i < N and a stage that "
                              f"splits into shards ({', '.join(SHARDABLE)})")
         _, config, _, key = self._keyed(name, inputs)
-        run_stage_shard(name, key, config, inputs, self.runtime, index, count)
+        run_stage_shard(name, key, config, inputs, self.runtime, index, count, fresh=name in self.refresh)
 
     def _keyed(self, name: str, inputs: dict[str, ArtifactRef]) -> tuple[Any, dict[str, Any], set[str], str]:
         """The stage's section, its config, the fields left out of its cache key, and the key —
@@ -206,9 +206,10 @@ class PipelineRun:
 
     def _stage_flow_parameters(self, stage: str, inputs: dict[str, ArtifactRef]) -> dict[str, Any]:
         """Parameters of the ``r1-stage`` flow that runs ``stage`` elsewhere: the same config (the
-        stage launched locally there), its inputs by URI, and this run's MLflow parent run."""
+        stage launched locally there, with its processes, machines and strategy; its shards are the
+        launching side's business), its inputs by URI, and this run's MLflow parent run."""
         config = self.config.model_dump(mode="json")
-        config[stage]["launch"] = {"kind": "local"}
+        config[stage]["launch"] = {**config[stage]["launch"], "kind": "local", "shards": 1}
         return {"stage": stage, "config": config, "inputs": {k: v.uri for k, v in inputs.items()},
                 "name": self.name, "refresh": stage in self.refresh,
                 "allow_config_change": self.allow_config_change, "parent_run_id": self.parent_run_id}

@@ -102,11 +102,14 @@ class Checkpointer:
         return step % self.every == 0 and step < total
 
     def save(self, step: int, *, model, optimizer, scheduler, extra: dict[str, Any]) -> str:
-        """Save a checkpoint (a sharded model: every rank calls it, rank 0 writes the gathered state)."""
+        """Save a checkpoint. Every rank calls it: a sharded model is gathered from all of them, and
+        rank 0 alone writes (the others get "")."""
         from r1flow.diskspace import disk_writes, ensure_free, tensor_bytes
         from r1flow.ranks import rank_world
         from r1flow.sharding import full_state, is_sharded
 
+        if not is_sharded(model) and rank_world()[0] != 0:
+            return ""
         model_state, optim_state = (full_state(model, optimizer) if is_sharded(model)
                                     else (model.state_dict(), optimizer.state_dict()))
         if rank_world()[0] != 0:
@@ -137,17 +140,22 @@ class Checkpointer:
 
     def restore(self, *, model, optimizer, scheduler) -> Restored | None:
         """Load the newest checkpoint whose files verify (this attempt's first, then the warm
-        start's); None when there is none."""
+        start's); None when there is none. Several ranks load the one rank 0 found."""
+        from r1flow.ranks import from_rank_zero, rank_world
+
+        key, adopt = from_rank_zero(self._newest_good() if rank_world()[0] == 0 else None)
+        return None if key is None else self._load(key, model, optimizer, scheduler, keep_hyperparameters=adopt)
+
+    def _newest_good(self) -> tuple[str | None, bool]:
+        """(key, from the warm start?) of the newest checkpoint whose files verify."""
         for prefix in filter(None, (self.prefix, self.warm_start)):
-            adopt = prefix != self.prefix
             for step in self.steps(prefix):
                 key = f"{prefix}/step-{step:08d}"
-                if not self.store.verify(key, deep=True):
-                    self.log(f"warning: checkpoint {self.store.resolve(key)} is incomplete or corrupt; "
-                             "trying an older one")
-                    continue
-                return self._load(key, model, optimizer, scheduler, keep_hyperparameters=adopt)
-        return None
+                if self.store.verify(key, deep=True):
+                    return key, prefix != self.prefix
+                self.log(f"warning: checkpoint {self.store.resolve(key)} is incomplete or corrupt; "
+                         "trying an older one")
+        return None, False
 
     def _load(self, key: str, model, optimizer, scheduler, *, keep_hyperparameters: bool) -> Restored:
         from r1flow.sharding import is_sharded, load_full_state

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,3 +61,20 @@ class ChunkLog:
                                                                                 "rows": str(len(rows))})
             except StoreError as exc:  # losing a partial output costs a re-generation, not the run
                 self.log(f"warning: could not save chunk {index}: {exc}")
+
+
+def owned_chunks(total: int, size: int, make: Callable[[int, int], list[dict[str, Any]]], *,
+                 chunks: ChunkLog | None = None,
+                 shard: tuple[int, int] | None = None) -> Iterator[tuple[int, int, list[dict[str, Any]]]]:
+    """``(i, start, rows)`` of each chunk ``i`` of ``total`` items in chunks of ``size`` that this
+    process owns — all, or with ``shard=(j, N)`` those with i mod N = j — in order: a saved chunk
+    is reused (``chunks``), another is made by ``make(i, start)`` and saved."""
+    for i, start in enumerate(range(0, total, size)):
+        if shard and i % shard[1] != shard[0]:
+            continue
+        rows = chunks.load(i) if chunks else None
+        if rows is None:
+            rows = make(i, start)
+            if chunks:
+                chunks.save(i, rows)
+        yield i, start, rows

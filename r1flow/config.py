@@ -318,6 +318,13 @@ class PipelineConfig(BaseModel):
             if rl.vllm_sleep and (rl.engine != "vllm" or self.device == "cpu"):
                 raise ValueError(f"{stage}.vllm_sleep: sleep/wake is a vLLM feature on CUDA; it needs "
                                  f"{stage}.engine: vllm and device cuda (or auto on a GPU machine)")
+            if rl.engine == "vllm" and rl.launch.processes * rl.launch.machines > 1:
+                raise ValueError(f"{stage}.engine vllm on several processes is not supported yet: every rank's "
+                                 "engine would start on the first GPU; use the torch engine there")
+        for stage in SHARDABLE:
+            if self.section(stage).launch.shards > 1 and self.evaluate.tensor_parallel_size > 1:
+                raise ValueError(f"{stage}.launch.shards with evaluate.tensor_parallel_size > 1: a shard takes "
+                                 "one GPU; shard over machines of one GPU each, or do not shard")
         if self.rejection_sampling.launch.shards > 1 and not self.rejection_sampling.checkpoint_chunks:
             raise ValueError("rejection_sampling.launch.shards > 1 needs checkpoint_chunks: shards hand over "
                              "saved chunks")

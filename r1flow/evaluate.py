@@ -31,16 +31,20 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from r1flow.chunks import ChunkLog, owned_chunks
 from r1flow.engine import GenerationEngine
-from r1flow.rewards import extract_answer, get_reward, gold_answer, mixes_languages, split_completion
+from r1flow.rewards import (
+    extract_answer,
+    get_reward,
+    gold_answer,
+    mixes_languages,
+    split_completion,
+)
 from r1flow.rewards.parsing import clean_answer, last_number
 from r1flow.templates import render_prompt
 from r1flow.tracking import NullTracker, Tracker
-
-if TYPE_CHECKING:
-    from r1flow.chunks import ChunkLog
 
 _DECIMAL = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)")
 
@@ -144,21 +148,17 @@ def evaluate_model(engine: GenerationEngine, problems: list[dict[str, str]], *, 
     samples: list[dict[str, Any]] = []
     per_problem: list[dict[str, float]] = []
     timeouts = 0
-    calls = range(0, len(problems), batch_size)
-    for call, start in enumerate(calls):
-        if shard and call % shard[1] != shard[0]:
-            continue
+    def generate(call: int, start: int) -> list[dict[str, Any]]:
+        rollouts = engine.generate([render_prompt(p["question"], template) for p in problems[start:start + batch_size]],
+                                   n=k, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                                   seed=None if seed is None else seed + call)
+        return [{"problem": p, "completion": t, "finish_reason": f, "length": int(n)} for p, t, f, n in zip(
+            rollouts.prompt_index, rollouts.texts, rollouts.finish_reasons, rollouts.completion_lengths.tolist())]
+
+    calls = -(-len(problems) // batch_size)
+    for call, start, rows in owned_chunks(len(problems), batch_size, generate, chunks=chunks, shard=shard):
         chunk = problems[start:start + batch_size]
-        rows = chunks.load(call) if chunks else None
-        if rows is None:
-            rollouts = engine.generate([render_prompt(p["question"], template) for p in chunk], n=k,
-                                       max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                                       seed=None if seed is None else seed + call)
-            rows = [{"problem": p, "completion": t, "finish_reason": f, "length": int(n)} for p, t, f, n in zip(
-                rollouts.prompt_index, rollouts.texts, rollouts.finish_reasons, rollouts.completion_lengths.tolist())]
-            if chunks:
-                chunks.save(call, rows)
-        tracker.progress(call + 1, len(calls), problems=start + len(chunk))
+        tracker.progress(call + 1, calls, problems=start + len(chunk))
         if shard:
             continue
         texts = [r["completion"] for r in rows]

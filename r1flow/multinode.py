@@ -7,14 +7,17 @@ the Kubernetes job's name in ``deployments/work-pools/kubernetes-gpu-multinode.j
 (``python -m r1flow.multinode``, the entry of pods 1..M-1) waits for a spec, runs the same command
 as machine ``R1FLOW_MACHINE_RANK`` (accelerate's rendezvous at ``R1FLOW_MAIN_PROCESS_IP`` makes the
 ranks meet), then waits again — machine 0 may retry a crashed stage with a fresh spec — until
-machine 0's flow run ends and releases the job. So no follower ever talks to Prefect, and a
-follower never outlives its flow run (or ``R1FLOW_FOLLOW_WAIT_S`` without news of it).
+machine 0's flow run ends and releases the job; a process of an attempt machine 0 has left behind
+is stopped. So no follower ever talks to Prefect, and a follower never outlives its flow run (or
+``R1FLOW_FOLLOW_WAIT_S`` without news of it; a pod 0 that dies fails the Kubernetes Job, which
+stops the other pods).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -54,24 +57,24 @@ def release(store: Store, job: str) -> None:
     _put(store, _key(job, RELEASED), {"released": str(time.time())})
 
 
-def follow(store: Store, job: str, run: Callable[[Path], int], *, poll_s: float = 2.0, wait_s: float = 3600.0,
-           log: Callable[[str], None] = print) -> int:
-    """Run every spec machine 0 publishes for ``job`` (``run(spec_path)`` → exit code) until the job
-    is released; returns the last run's exit code (0 when none ran). Raises ``TimeoutError`` after
-    ``wait_s`` without a new spec or the release."""
+def follow(store: Store, job: str, start: Callable[[Path], subprocess.Popen], *, poll_s: float = 2.0,
+           wait_s: float = 3600.0, log: Callable[[str], None] = print) -> int:
+    """Run every spec machine 0 publishes for ``job`` (``start(spec_path)`` starts its process)
+    until the job is released; returns the last process's exit code (0 when none ran). A process
+    still running when machine 0 publishes a newer spec (its retry) or releases the job is stopped.
+    Raises ``TimeoutError`` after ``wait_s`` without a new spec or the release."""
     seen, code = None, 0
     deadline = time.monotonic() + wait_s
     while True:
         if store.exists(_key(job, RELEASED)):
             log(f"multinode job {job}: released by machine 0")
             return code
-        key = _key(job, SPEC)
-        if store.exists(key) and store.verify(key) and (digest := store.manifest(key).digest) != seen:
+        if (digest := _spec_digest(store, job)) not in (None, seen):
             seen = digest
             with tempfile.TemporaryDirectory(prefix="r1flow-multinode-") as tmp:
-                folder = store.get_dir(key, tmp)
+                folder = store.get_dir(_key(job, SPEC), tmp)
                 log(f"multinode job {job}: running the stage spec of attempt {(folder / 'attempt').read_text()}")
-                code = run(folder / "spec.json")
+                code = _watch(start(folder / "spec.json"), store, job, digest, poll_s, log)
             log(f"multinode job {job}: the stage process exited {code}; waiting for a retry or the release")
             deadline = time.monotonic() + wait_s
             continue
@@ -81,10 +84,30 @@ def follow(store: Store, job: str, run: Callable[[Path], int], *, poll_s: float 
         time.sleep(poll_s)
 
 
+def _spec_digest(store: Store, job: str) -> str | None:
+    key = _key(job, SPEC)
+    return store.manifest(key).digest if store.exists(key) and store.verify(key) else None
+
+
+def _watch(proc: subprocess.Popen, store: Store, job: str, digest: str, poll_s: float,
+           log: Callable[[str], None]) -> int:
+    """Wait for ``proc``; stop it when machine 0 has moved on (a newer spec, or the release): a
+    rank left hanging in a collective would otherwise wait for its peers until the timeout."""
+    from r1flow.launcher import kill_group
+
+    while (code := proc.poll()) is None:
+        time.sleep(poll_s)
+        if store.exists(_key(job, RELEASED)) or _spec_digest(store, job) not in (None, digest):
+            log(f"multinode job {job}: machine 0 moved on; stopping this attempt")
+            kill_group(proc)
+            return proc.wait()
+    return code
+
+
 def main() -> int:
     """The follower's entry: ``R1FLOW_JOB_ID``, ``R1FLOW_MACHINE_RANK``, ``R1FLOW_MAIN_PROCESS_IP``
     and the store (``R1FLOW_STORE_ROOT``, ``R1FLOW_S3_ENDPOINT_URL``) come from the environment."""
-    from r1flow.launcher import run_process, stage_command
+    from r1flow.launcher import stage_command
 
     missing = [name for name in (JOB_ENV, "R1FLOW_STORE_ROOT", "R1FLOW_MACHINE_RANK") if not os.environ.get(name)]
     if missing:
@@ -92,11 +115,11 @@ def main() -> int:
         return 2
     store = open_store(os.environ["R1FLOW_STORE_ROOT"], s3_endpoint_url=os.environ.get("R1FLOW_S3_ENDPOINT_URL"))
 
-    def run(spec_path: Path) -> int:
+    def start(spec_path: Path) -> subprocess.Popen:  # its output goes to this process's (the pod's log)
         launch = json.loads(spec_path.read_text())["config"].get("launch", {})
-        return run_process(stage_command(spec_path, launch), on_line=print, on_event=lambda e: None)
+        return subprocess.Popen(stage_command(spec_path, launch), start_new_session=True)
 
-    return follow(store, os.environ[JOB_ENV], run, wait_s=float(os.environ.get("R1FLOW_FOLLOW_WAIT_S", "3600")))
+    return follow(store, os.environ[JOB_ENV], start, wait_s=float(os.environ.get("R1FLOW_FOLLOW_WAIT_S", "3600")))
 
 
 if __name__ == "__main__":

@@ -20,9 +20,17 @@ sharded model cannot), refreshed from the shards after every step, as a vLLM eng
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
+
+
+def wants_sharding(launch) -> bool:
+    """Does a stage's ``launch`` ask for sharded training (``strategy: fsdp`` on several ranks)?"""
+    from r1flow.ranks import rank_world
+
+    return launch.strategy == "fsdp" and rank_world()[1] > 1
 
 
 def is_sharded(model) -> bool:
@@ -98,12 +106,19 @@ def unsharded(model):
 
     from r1flow.ranks import rank_world
 
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # transformers 4
+        from transformers.modeling_utils import no_init_weights
+
     state, _ = full_state(model)
     if rank_world()[0] != 0:
         return None
     device = next(model.parameters()).device
-    plain = AutoModelForCausalLM.from_config(model.config)  # fp32, as the trainers keep their weights
+    with no_init_weights():  # every weight is loaded next: no random init of billions of them
+        plain = AutoModelForCausalLM.from_config(model.config)  # fp32, as the trainers keep their weights
     plain.load_state_dict(state)
+    plain.generation_config = copy.deepcopy(model.generation_config)
     return plain.to(device).eval()
 
 
@@ -116,12 +131,12 @@ def micro_batches(rows: torch.Tensor, size: int, model) -> list[torch.Tensor | N
     """``rows`` in micro-batches of ``size``; for a sharded model padded with ``None`` up to the
     count of the rank that has the most (each ``None``: a dummy forward, and backward, that keeps
     the ranks' collectives in step)."""
-    parts: list[torch.Tensor | None] = list(rows.split(size))
+    parts: list[torch.Tensor | None] = [part for part in rows.split(size) if len(part)]  # none when empty
     if not is_sharded(model):
         return parts
     import torch.distributed as dist
 
-    most = torch.tensor([len(parts)], device=rows.device)
+    most = torch.tensor([len(parts)], device=next(model.parameters()).device)  # NCCL reduces GPU tensors
     dist.all_reduce(most, op=dist.ReduceOp.MAX)
     return parts + [None] * (int(most) - len(parts))
 

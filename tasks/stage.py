@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -145,14 +146,21 @@ def run_shards(spec: StageSpec, n: int, runtime: Runtime) -> None:
 
     logger = get_run_logger()  # the pool's threads do not see the run context
     logger.info("stage %s: %d shards", spec.stage, n)
-    live: list = []
+    live, stopping = [], threading.Event()
+
+    def started(proc) -> None:
+        live.append(proc)
+        if stopping.is_set():  # started after a sibling failed
+            kill_group(proc)
+
     with ThreadPoolExecutor(n) as pool:
-        futures = [pool.submit(run_one_shard, spec, i, n, runtime, logger, live.append) for i in range(n)]
+        futures = [pool.submit(run_one_shard, spec, i, n, runtime, logger, started) for i in range(n)]
         done, _ = wait(futures, return_when=FIRST_EXCEPTION)
         failed = next((f for f in done if f.exception() is not None), None)
         if failed is not None:
             logger.error("stage %s: a shard failed; stopping the others", spec.stage)
-            for proc in live:
+            stopping.set()
+            for proc in list(live):
                 kill_group(proc)
             raise failed.exception()
 
@@ -175,11 +183,12 @@ def run_one_shard(spec: StageSpec, i: int, n: int, runtime: Runtime, logger, on_
 @task(name="stage-shard", task_run_name="{stage}-shard-{index}", retries=1, retry_delay_seconds=2,
       retry_condition_fn=retry_crashes_only)
 def run_stage_shard(stage: str, key: str, config: dict[str, Any], inputs: dict[str, ArtifactRef],
-                    runtime: Runtime, index: int, count: int) -> None:
+                    runtime: Runtime, index: int, count: int, fresh: bool = False) -> None:
     """Shard ``index`` (0-based) of ``count`` of a generation stage as this flow run's work
     (``launch.kind: deployment`` with ``launch.shards``: the pipeline launches one flow run per
     shard, then the merging one)."""
-    if published(stage, runtime.store(), output_key := runtime.output_key(stage, key)):
+    output_key = runtime.output_key(stage, key)
+    if not fresh and published(stage, runtime.store(), output_key):
         return  # merged already: nothing left to generate
     run_one_shard(stage_spec(stage, config, inputs, runtime, output_key), index, count, runtime,
                   get_run_logger())

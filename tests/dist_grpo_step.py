@@ -19,7 +19,7 @@ def main(work: Path, out: Path, fsdp: bool = False) -> None:
     from accelerate import Accelerator
 
     from r1flow.grpo.params import GRPOParams
-    from r1flow.grpo.trainer import RolloutBatch, _Clock, _optimize, make_optimizer
+    from r1flow.grpo.trainer import RolloutBatch, _Clock, _optimize, batch_logprobs, make_optimizer
     from r1flow.modeling import load_model
 
     accelerator = Accelerator(cpu=True)  # under `accelerate launch`: joins the gloo process group
@@ -39,6 +39,7 @@ def main(work: Path, out: Path, fsdp: bool = False) -> None:
     batch = RolloutBatch(**{k: saved[k] for k in ("prompt_ids", "prompt_mask", "completion_ids",
                                                   "completion_mask", "advantages", "old_logp")}).select(mine)
     optimizer, scheduler = make_optimizer(model, params)
+    logp = batch_logprobs(model, batch, params.micro_batch_size, params.temperature)  # old log-probs, no grad
     model.train()
     stats = _optimize(model, batch, optimizer, scheduler, params, _Clock(), seed=0)
     from r1flow.sharding import full_state, is_sharded
@@ -47,7 +48,8 @@ def main(work: Path, out: Path, fsdp: bool = False) -> None:
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         torch.save({"params": {n: state[n] for n, _ in model.named_parameters()},
-                    "world": world, "loss": stats["loss"], "grad_norm": stats["grad_norm"]}, out / "params.pt")
+                    "world": world, "loss": stats["loss"], "grad_norm": stats["grad_norm"],
+                    "logp": logp}, out / "params.pt")
     accelerator.wait_for_everyone()
 
 

@@ -102,6 +102,9 @@ def test_a_deployed_pipeline_runs_on_a_worker_with_stages_on_a_second_pool(tmp_p
     assert sorted(shard_runs) == ["rejection_sampling-merge", "rejection_sampling-shard-1-of-2",
                                   "rejection_sampling-shard-2-of-2"], seen["named"]
     assert all(c["state"] == "Completed" for c in shard_runs.values()), shard_runs
+    first, second = (shard_runs[f"rejection_sampling-shard-{i}-of-2"] for i in (1, 2))
+    assert first["start"] < second["end"] and second["start"] < first["end"], shard_runs  # side by side
+    assert shard_runs["rejection_sampling-merge"]["start"] >= max(first["end"], second["end"])
     assert set(seen["tasks"]) >= {"base", "r1_zero", "reasoning_rl", "sft", "distill"}
     assert set(seen["tasks"].values()) == {"Completed"}, seen
     assert {"deployed-base", "deployed-reasoning-rl", "deployed-sft", "deployed-evaluation"} <= set(seen["artifacts"])

@@ -59,6 +59,8 @@ def test_two_ranks_equal_one_process(tmp_path, mode, sharding):
     assert (one["world"], two["world"]) == (1, 2)
     # Adam's first step hardly depends on the gradients' scale; their norm does: summed, not averaged
     assert two["grad_norm"] == pytest.approx(one["grad_norm"], rel=1e-4)
+    rows = len(two["logp"])  # rank 0's rows are the first ones: their no-grad log-probs agree
+    assert torch.allclose(two["logp"], one["logp"][:rows], atol=1e-5)
     moved = max((one["params"][n] - p).abs().max().item() for n, p in model.named_parameters())
     assert moved > 5e-4  # the step did something (AdamW's first step moves a parameter by about lr)
     for name, value in one["params"].items():  # within 1% of a step: Adam's g/|g| magnifies float noise

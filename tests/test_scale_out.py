@@ -126,9 +126,9 @@ def test_a_stage_on_two_processes_or_two_machines_trains_the_same_weights(micro_
 
 def test_grpo_fully_sharded_through_the_launcher_publishes_the_whole_policy(micro_home):
     """R1-Zero with ``strategy: fsdp`` on two ranks: rollouts and evaluations come from a whole copy
-    of the policy, refreshed from the shards after every step; a checkpoint is gathered at step 2;
-    the published model is that copy, equal to the model two data-parallel ranks publish (the
-    same prompts per rank). ``tests/test_distributed.py`` checks a sharded GRPO step's math against
+    of the policy, refreshed from the shards after every step; a checkpoint is gathered at step 2,
+    the stage is killed after step 3 and resumes from it; the published model is that copy, equal
+    to the model two data-parallel ranks publish (the same prompts per rank). ``tests/test_distributed.py`` checks a sharded GRPO step's math against
     one process; this checks the plumbing around it."""
     from safetensors.torch import load_file
 
@@ -145,7 +145,10 @@ def test_grpo_fully_sharded_through_the_launcher_publishes_the_whole_policy(micr
 
     two_ranks = [*args, "--refresh", "--set", "r1_zero.launch.processes=2"]
     uri, one = published(r1flow(two_ranks, home))
-    same_uri, two = published(r1flow([*two_ranks, "--set", "r1_zero.launch.strategy=fsdp", "--set",
-                                      "r1_zero.checkpoint_every=2"], home))
-    assert same_uri == uri and store.keys(uri.split("/store/")[-1].replace("artifacts/", "checkpoints/", 1))
+    marker = home / "fsdp-grpo-fault-fired"  # killed after step 3 of 3, resumed from the step-2 checkpoint
+    sharded = r1flow([*two_ranks, "--set", "r1_zero.launch.strategy=fsdp", "--set", "r1_zero.checkpoint_every=2"],
+                     home, R1FLOW_FAULT_KILL=f"r1_zero:3:{marker}")
+    same_uri, two = published(sharded)
+    assert marker.exists() and "step-00000002" in sharded.stdout + sharded.stderr
+    assert same_uri == uri
     assert one.keys() == two.keys() and all(torch.allclose(one[k], two[k], atol=1e-5) for k in one)

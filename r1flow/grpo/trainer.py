@@ -146,20 +146,23 @@ def rollout_batch(rollouts: Rollouts, rewards: Tensor, params: GRPOParams, devic
 def batch_logprobs(model, batch: RolloutBatch, micro_batch_size: int, temperature: float) -> Tensor:
     """Per-token log-probs [N, L] of every row under ``model``, no grad (0 past each row's length)."""
     out = torch.zeros(batch.completion_ids.shape, dtype=torch.float32, device=batch.advantages.device)
+    # no_grad, not inference_mode, for a sharded model: its parameters must not become inference tensors
     for rows in micro_batches(torch.arange(len(batch), device=out.device), micro_batch_size, model):
-        with torch.inference_mode():
+        with torch.no_grad() if is_sharded(model) else torch.inference_mode():
             if rows is None:  # sharded: this rank has fewer rows; keep the collectives in step
-                _placeholder(out.device).logprobs(model, torch.zeros(1, dtype=torch.long), temperature)
+                _padding_pass(model, out.device, temperature)
                 continue
             logp = batch.logprobs(model, rows, temperature)  # [n, L']
         out[rows, : logp.size(1)] = logp
     return out
 
 
-def _placeholder(device: torch.device) -> RolloutBatch:
-    """One row of one token each, for a sharded rank's padding micro-batch (its loss weight is 0)."""
+def _padding_pass(model, device: torch.device, temperature: float) -> Tensor:
+    """A sharded rank's pass over one row of one token (its loss weight is 0): it has fewer rows than
+    another rank, and every forward and backward of a sharded model is a collective."""
     one = torch.ones((1, 1), dtype=torch.long, device=device)
-    return RolloutBatch(one, one, one, one, torch.zeros(1, device=device))
+    return RolloutBatch(one, one, one, one, torch.zeros(1, device=device)).logprobs(
+        model, torch.zeros(1, dtype=torch.long, device=device), temperature)
 
 
 # ---------------------------------------------------------------- gradients
@@ -174,9 +177,8 @@ def minibatch_backward(model, batch: RolloutBatch, rows: Tensor, params: GRPOPar
     sums: dict[str, float] = defaultdict(float)
     world = rank_world()[1]
     for micro in micro_batches(rows, params.micro_batch_size, model):
-        if micro is None:  # sharded: this rank has fewer rows; a zero-weight pass keeps the ranks in step
-            pad = _placeholder(rows.device).logprobs(model, torch.zeros(1, dtype=torch.long), params.temperature)
-            backward_share(pad.sum() * 0.0, model, world)
+        if micro is None:
+            backward_share(_padding_pass(model, rows.device, params.temperature).sum() * 0.0, model, world)
             continue
         logp = batch.logprobs(model, micro, params.temperature)  # [n, L']
         length = logp.size(1)
@@ -385,8 +387,7 @@ def train_grpo(model, tokenizer, prompts: list[dict], reward_fns: list[RewardSpe
             window = defaultdict(list)
         if rank == 0 and (done % params.sample_every == 0 or done == 1):
             tracker.log_table(_sample_rows(done, rows, rollouts, scores.total, group), f"samples_step{done}")
-        saves = rank == 0 or is_sharded(model)  # sharded: every rank gathers, rank 0 writes
-        if saves and checkpoints is not None and not spent and checkpoints.due(done, params.steps):
+        if checkpoints is not None and not spent and checkpoints.due(done, params.steps):  # save() knows who writes
             checkpoints.save(done, model=model, optimizer=optimizer, scheduler=scheduler,
                              extra={"rewards": rewards, "optimizer_steps": optimizer_steps, "window": dict(window),
                                     "train_flops": train_flops})

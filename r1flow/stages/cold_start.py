@@ -51,7 +51,7 @@ def run(ctx: StageContext) -> None:
     examples = from_rank_zero(curated(ctx) if ctx.rank == 0 else None)  # several ranks: sampled once
     model, tokenizer = load_policy(ctx.inputs["base"], ctx)
     model, final = train_sft_stage(ctx, model, tokenizer, examples, cfg.train)
-    if model is None:  # a rank other than 0 of a sharded run: rank 0 saves and evaluates
+    if model is None:  # a rank other than 0: rank 0 alone saves and evaluates
         return
     save_policy(model, tokenizer, ctx)
     evaluate(ctx, model, tokenizer, "r1", step=int(final.get("steps", 0)))

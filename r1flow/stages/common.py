@@ -108,18 +108,19 @@ def _vllm_settings(ctx: StageContext) -> dict[str, Any]:
 def train_sft_stage(ctx: StageContext, model, tokenizer, examples: list[dict], params) -> tuple[Any, dict[str, float]]:
     """SFT of ``model`` as the stage's ``launch`` asks — fully sharded under ``strategy: fsdp`` on
     several ranks (``r1flow.sharding``) — checkpointed, with fault points. Returns the whole trained
-    model (None on the ranks other than 0 of a sharded run: rank 0 saves and evaluates it) and
-    the final metrics."""
-    from r1flow.ranks import rank_world
-    from r1flow.sharding import shard, unsharded
+    model (None on the ranks other than 0: rank 0 alone saves and evaluates it) and the final
+    metrics."""
+    from r1flow.sharding import shard, unsharded, wants_sharding
     from r1flow.train.sft import train_sft
 
-    sharded = ctx.config.launch.strategy == "fsdp" and rank_world()[1] > 1
+    sharded = wants_sharding(ctx.config.launch)
     if sharded:
         shard(model)
     final = train_sft(model, tokenizer, examples, params, ctx.tracker, on_step=lambda s: ctx.fault_point(s.step),
                       checkpoints=ctx.checkpointer())
-    return (unsharded(model) if sharded else model), final
+    if sharded:
+        model = unsharded(model)  # every rank takes part in the gather
+    return (model if ctx.rank == 0 else None), final
 
 
 def save_policy(model, tokenizer, ctx: StageContext, sub: str = "model") -> Path:
@@ -262,26 +263,23 @@ def sample_rows(model, tokenizer, problems: list[dict[str, str]], *, template: s
     with ``seed + i``; with ``chunks`` each completed chunk is saved and a saved one is reused
     (``r1flow.chunks``); ``shard=(j, N)`` does only the chunks i with i mod N = j (its rows only);
     ``on_chunk(i + 1)`` runs after chunk i (fault injection in tests)."""
+    from r1flow.chunks import owned_chunks
     from r1flow.engine import make_engine
     from r1flow.templates import render_prompt
 
     engine = make_engine(engine, model, tokenizer, batch_size=batch_size, **(engine_kw or {}))
-    rows: list[dict[str, Any]] = []
     per_call = chunk_prompts or max(1, batch_size // k)
-    for call, start in enumerate(range(0, len(problems), per_call)):
-        if shard and call % shard[1] != shard[0]:
-            continue
-        done = chunks.load(call) if chunks else None
-        if done is None:
-            chunk = problems[start:start + per_call]
-            out = engine.generate([render_prompt(p["question"], template) for p in chunk], n=k,
-                                  max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                                  seed=seed + call)
-            done = [{"question": chunk[i]["question"], "answer": str(chunk[i]["answer"]), "completion": text,
-                     "finish_reason": out.finish_reasons[j], "template": template}
-                    for j, (i, text) in enumerate(zip(out.prompt_index, out.texts))]
-            if chunks:
-                chunks.save(call, done)
+
+    def generate(call: int, start: int) -> list[dict[str, Any]]:
+        chunk = problems[start:start + per_call]
+        out = engine.generate([render_prompt(p["question"], template) for p in chunk], n=k,
+                              max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed + call)
+        return [{"question": chunk[i]["question"], "answer": str(chunk[i]["answer"]), "completion": text,
+                 "finish_reason": out.finish_reasons[j], "template": template}
+                for j, (i, text) in enumerate(zip(out.prompt_index, out.texts))]
+
+    rows: list[dict[str, Any]] = []
+    for call, _, done in owned_chunks(len(problems), per_call, generate, chunks=chunks, shard=shard):
         rows += done
         on_chunk(call + 1)
     return rows

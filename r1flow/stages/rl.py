@@ -16,8 +16,7 @@ from types import SimpleNamespace
 from typing import Any, Callable
 
 from r1flow.config import PromptSource, RewardSpec, RLConfig
-from r1flow.ranks import rank_world
-from r1flow.sharding import WholeCopyEngine, shard
+from r1flow.sharding import WholeCopyEngine, shard, wants_sharding
 from r1flow.stages.common import evaluate, load_policy, paired_gain, problems, save_policy, vllm_engine_kw
 from r1flow.stages.runner import StageContext
 
@@ -105,7 +104,7 @@ def run(ctx: StageContext) -> None:
     cfg: RLConfig = ctx.config
     model, tokenizer = load_policy(ctx.inputs["policy"], ctx, which=cfg.model)
     policy = model  # what trains; ``model`` is what samples, is evaluated and is saved
-    sharded = cfg.launch.strategy == "fsdp" and rank_world()[1] > 1
+    sharded = wants_sharding(cfg.launch)
     if sharded:  # train the shards; keep a whole copy, refreshed from them every step (r1flow.sharding)
         model = copy.deepcopy(policy)
         ctx.sources[id(model)] = ctx.sources.get(id(policy), {})
@@ -145,6 +144,8 @@ def run(ctx: StageContext) -> None:
     ctx.log(f"{ctx.spec.stage}: GRPO for {cfg.grpo.steps} steps on {len(prompts)} prompts")
     final = train_grpo(policy, tokenizer, prompts, reward_fns, cfg.grpo, recorded, engine=engine,
                        ref_model=ref_model, on_step=on_step, checkpoints=ctx.checkpointer())
+    if ctx.rank != 0:  # rank 0 alone saves and evaluates
+        return
     save_policy(model, tokenizer, ctx)
     steps = int(final["steps"])  # fewer than cfg.grpo.steps when max_train_flops stopped it
     end, end_scores = evaluate(ctx, model, tokenizer, cfg.template, step=steps)

@@ -156,11 +156,16 @@ def join_process_group(runtime: dict[str, Any]) -> int:
     GPUs — so the trainers' gradient all-reduces span the ranks; returns this process's rank."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return int(os.environ.get("RANK", "0"))
+    from datetime import timedelta
+
     import torch
     from accelerate import PartialState
 
     cpu = runtime.get("device", "cpu") == "cpu" or not torch.cuda.is_available()
-    return PartialState(cpu=cpu).process_index
+    # the other ranks wait in a collective while rank 0 alone evaluates, samples or writes a checkpoint:
+    # far longer than NCCL's 10-minute default allows on real models
+    timeout = timedelta(seconds=float(os.environ.get("R1FLOW_COLLECTIVE_TIMEOUT_S", 6 * 3600)))
+    return PartialState(cpu=cpu, timeout=timeout).process_index
 
 
 def mixed_precision(runtime: dict[str, Any]):

@@ -33,7 +33,7 @@ def run(ctx: StageContext) -> None:
     model, tokenizer = load_policy(ctx.inputs["base"], ctx, which=cfg.model)
     ctx.log(f"SFT of the {cfg.model} base on {len(examples)} examples")
     model, final = train_sft_stage(ctx, model, tokenizer, examples, cfg.train)
-    if model is None:  # a rank other than 0 of a sharded run: rank 0 saves and evaluates
+    if model is None:  # a rank other than 0: rank 0 alone saves and evaluates
         return
     save_policy(model, tokenizer, ctx)
     ctx.write_json("train.json", {"examples": len(examples), **final})

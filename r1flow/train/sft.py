@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from r1flow.checkpoint import Checkpointer
 from r1flow.flops import compute_params, sft_flops
 from r1flow.ranks import all_ranks_sum, rank_world
-from r1flow.sharding import as_float, backward_share, is_sharded
+from r1flow.sharding import as_float, backward_share, is_sharded, micro_batches
 from r1flow.tracking import NullTracker, Tracker
 
 IGNORE = -100
@@ -200,14 +200,10 @@ def accumulate(model, rows: list[tuple[list[int], list[int]]], pad_id: int, para
     sharded = is_sharded(model)
     labelled = max(sum(sum(label != IGNORE for label in labels[1:]) for _, labels in rows), 1)
     mine = rows[rank::world]
-    size = params.micro_batch_size or max(-(-len(rows) // world), 1)
-    # sharded, every forward/backward is a collective: each rank runs as many as the fullest one
-    micro = -(-(-(-len(rows) // world)) // size) if sharded else -(-len(mine) // size)
+    size = params.micro_batch_size or max(-(-len(rows) // world), 1)  # default: a rank's rows in one go
     value = 0.0
-    for i in range(micro):
-        part, weight = mine[i * size:(i + 1) * size], 1.0
-        if not part:  # a rank one row short under sharding: a zero-weight micro-batch keeps the ranks in step
-            part, weight = rows[:1], 0.0
+    for picked in micro_batches(torch.arange(len(mine)), size, model):  # sharded: as many as the fullest rank
+        part, weight = ([mine[i] for i in picked], 1.0) if picked is not None else (rows[:1], 0.0)
         loss, count = batch_loss(model, collate(part, pad_id), 0 if sharded else params.min_shared_prefix)
         share = loss * (weight * count / labelled)
         backward_share(share, model, world)  # sharded: the gradients are reduce-scattered here
@@ -303,7 +299,7 @@ def train_sft(
             tracker.progress(step + 1, steps, phase="SFT", loss=round(metrics["loss"], 4))
             final_window = metrics["loss"]
             window_losses, window_tokens, window_start = [], 0, time.perf_counter()
-        if checkpoints is not None and checkpoints.due(step + 1, steps) and (rank_world()[0] == 0 or is_sharded(model)):
+        if checkpoints is not None and checkpoints.due(step + 1, steps):  # every rank: save() knows who writes
             checkpoints.save(step + 1, model=model, optimizer=optimizer, scheduler=scheduler, extra={
                 "window_losses": window_losses, "window_tokens": window_tokens, "all_losses": all_losses,
                 "tokens_seen": tokens_seen, "final_window": final_window})
