@@ -300,7 +300,7 @@ class PipelineConfig(BaseModel):
         return getattr(self, stage)
 
     @model_validator(mode="after")
-    def _shards_only_where_generation_splits(self) -> "PipelineConfig":
+    def _scale_out_is_coherent(self) -> "PipelineConfig":
         for stage in STAGES + (EVALUATION,):
             if stage not in SHARDABLE and self.section(stage).launch.shards > 1:
                 raise ValueError(f"{stage}.launch.shards: only these stages split their work into shards: "
