@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 
-.PHONY: run test test-slow test-faults test-cluster test-vllm lint-docker bench install lint clean
+.PHONY: run test test-slow test-faults test-cluster test-scale-out test-vllm lint-docker bench install lint clean
 
 $(BIN)/r1flow: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,9 @@ test-faults: install  ## fault injection: S3 cut by a loopback proxy, MLflow ser
 
 test-cluster: install  ## deployments on two process pools of a real Prefect server, worker --run-once, alerts
 	$(BIN)/python -m pytest -q -m cluster
+
+test-scale-out: install  ## two machines (a follower) and fully sharded SFT/GRPO through the launcher, with crashes
+	$(BIN)/python -m pytest -q -m scaleout tests/test_scale_out.py
 
 lint-docker: install  ## docker/: `docker-compose config` and hadolint (no Docker engine needed)
 	$(BIN)/python -m pytest -q tests/test_docker_files.py

@@ -1,6 +1,8 @@
 """Scale-out on the ``micro`` pipeline's artifacts (issue 8), through the real CLI, Prefect and
-MLflow: generation split into shards, a stage on two processes (DDP through ``accelerate launch``)
-and on two machines (machine 1 a follower, ``r1flow.multinode``) — each giving what one process gives.
+MLflow: generation split into shards and a stage on two processes (DDP through ``accelerate
+launch``) in the default run; two machines (machine 1 a follower, ``r1flow.multinode``) and fully
+sharded SFT and GRPO (FSDP2) through crashes and resumes in ``make test-scale-out`` (marker
+``scaleout``: about 4 minutes more). Each gives what one process gives.
 """
 
 from __future__ import annotations
@@ -57,79 +59,103 @@ def test_killed_or_sharded_rejection_sampling_makes_the_same_dataset(micro_home)
     assert store.manifest(uri).digest == want.digest and (store.local_path(uri) / "sft.jsonl").read_text() == rows
 
 
-def test_a_stage_on_two_processes_or_two_machines_trains_the_same_weights(micro_home):
-    """DDP through ``accelerate launch`` (``sft.launch.processes: 2``, gloo on CPU): each rank takes
-    every other row of a step and the gradients are summed over ranks, so the two-process SFT ends
-    at the weights one process reaches (to float noise), publishes one artifact and logs one MLflow
-    run, tagged with its world size. Then the same on two "machines" (one process each), and fully
-    sharded over two ranks through a crash and its resume."""
+SFT = ["stage", "sft", "--preset", "micro", "--name", "first", "--set", "sft.train.log_every=5"]
+
+
+def sft_weights(home, *extra: str, **env: str):
+    """(artifact URI, its weights, the run's output) of the micro SFT stage run with ``extra``."""
     from safetensors.torch import load_file
 
     from r1flow.store_local import LocalStore
 
-    home, _ = micro_home
-    args = ["stage", "sft", "--preset", "micro", "--name", "first", "--set", "sft.train.log_every=5"]
+    out = r1flow([*SFT, *extra], home, **env)
+    text = out.stdout + out.stderr
+    assert out.returncode == 0, text[-4000:]
+    uri = next(line.split()[-1] for line in out.stdout.splitlines() if "artifacts/sft/" in line)
+    return uri, load_file(LocalStore(home / "store").local_path(uri) / "model" / "model.safetensors"), text
 
-    def weights(out):
-        text = out.stdout + out.stderr
-        assert out.returncode == 0, text[-4000:]
-        uri = next(line.split()[-1] for line in out.stdout.splitlines() if "artifacts/sft/" in line)
-        return uri, load_file(LocalStore(home / "store").local_path(uri) / "model" / "model.safetensors"), text
 
-    uri, one, one_text = weights(r1flow(args, home))
-    same_uri, two, two_text = weights(r1flow([*args, "--refresh", "--set", "sft.launch.processes=2"], home))
-    assert grad_norm(two_text) == pytest.approx(grad_norm(one_text), rel=1e-3)  # summed, not averaged
-    assert same_uri == uri  # launch is not in the cache key: the same artifact, re-made on two ranks
+def one_process_sft(home):
+    """The one-process SFT weights, its output, and how far training moved them from the base."""
+    from safetensors.torch import load_file
+
+    uri, one, text = sft_weights(home, "--refresh")
     base = load_file(next((home / "store" / "artifacts" / "base").iterdir()) / "teacher" / "model.safetensors")
-    moved = max((one[k] - base[k]).abs().max().item() for k in one)
-    differ = max((one[k] - two[k]).abs().max().item() for k in one)
-    assert moved > 1e-3 and differ < 1e-3 * moved, (moved, differ)  # ranks' halves summed = one batch
+    return uri, one, text, max((one[k] - base[k]).abs().max().item() for k in one)
+
+
+def largest_difference(a, b) -> float:
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+def test_a_stage_on_two_processes_through_the_launcher_trains_the_same_weights(micro_home):
+    """DDP through ``accelerate launch`` (``sft.launch.processes: 2``, gloo on CPU): each rank takes
+    every other row of a step and the gradients are summed over ranks, so the two-process SFT ends
+    at the weights one process reaches (to float noise), publishes one artifact and logs one MLflow
+    run, tagged with its world size."""
     from r1flow import mlflow_runs
 
+    home, _ = micro_home
+    uri, one, one_text, moved = one_process_sft(home)
+    same_uri, two, two_text = sft_weights(home, "--refresh", "--set", "sft.launch.processes=2")
+    assert grad_norm(two_text) == pytest.approx(grad_norm(one_text), rel=1e-3)  # summed, not averaged
+    assert same_uri == uri  # launch is not in the cache key: the same artifact, re-made on two ranks
+    differ = largest_difference(one, two)
+    assert moved > 1e-3 and differ < 1e-3 * moved, (moved, differ)  # ranks' halves summed = one batch
     tracking = f"sqlite:///{home / 'mlflow.db'}"
     runs = mlflow_runs.client(tracking).search_runs(
         [mlflow_runs.client(tracking).get_experiment_by_name(mlflow_runs.EXPERIMENT).experiment_id],
         filter_string="tags.`r1flow.world_size` = '2'")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED" and runs[0].data.tags[mlflow_runs.TAG_STAGE] == "sft"
 
-    # Two machines of one process each (``launch.machines: 2``): this one runs the flow as machine 0
-    # and publishes the stage's spec; machine 1 is a follower process that runs it as rank 1 and
-    # exits once the flow run releases the job. Same rows, same sums: the same weights again.
+
+@pytest.mark.scaleout
+def test_a_stage_on_two_machines_trains_the_same_weights(micro_home):
+    """Two machines of one process each (``launch.machines: 2``): this one runs the flow as machine
+    0 and publishes the stage's spec; machine 1 is a follower process (``python -m
+    r1flow.multinode``) that runs it as rank 1 and exits once the flow run releases the job. Same
+    rows, same sums: the one-process weights again."""
+    home, _ = micro_home
+    _, one, _, moved = one_process_sft(home)
     job = {"R1FLOW_JOB_ID": "sft-on-two-machines", "R1FLOW_MAIN_PROCESS_IP": "127.0.0.1"}
     follower = subprocess.Popen([sys.executable, "-m", "r1flow.multinode"], cwd=REPO, text=True, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, env=cli_env(home, **job, R1FLOW_MACHINE_RANK="1",
                                                                       R1FLOW_STORE_ROOT=str(home / "store"),
                                                                       R1FLOW_FOLLOW_WAIT_S="300"))
     try:
-        _, machines, _ = weights(r1flow([*args, "--refresh", "--set", "sft.launch.machines=2"], home, **job,
-                                           R1FLOW_MACHINE_RANK="0"))
+        _, machines, _ = sft_weights(home, "--refresh", "--set", "sft.launch.machines=2", **job, R1FLOW_MACHINE_RANK="0")
         followed = follower.communicate(timeout=120)[0]
     finally:
         follower.kill()
     assert follower.returncode == 0 and "running the stage spec" in followed and "released by machine 0" in followed, \
         followed[-3000:]
-    differ = max((one[k] - machines[k]).abs().max().item() for k in one)
-    assert differ < 1e-3 * moved, (moved, differ)
+    assert largest_difference(one, machines) < 1e-3 * moved
 
-    # Fully sharded (``strategy: fsdp``, FSDP2 over two ranks), killed after step 6 of 10 with a
-    # checkpoint at step 4: the checkpoint is gathered from both shards, the retry shards it back
-    # and ends at the one-process weights again.
+
+@pytest.mark.scaleout
+def test_sft_fully_sharded_resumes_from_a_gathered_checkpoint_to_the_same_weights(micro_home):
+    """FSDP2 over two ranks (``strategy: fsdp``), killed after step 6 of 10 with a checkpoint at
+    step 4: the checkpoint is gathered from both shards, the retry shards it back, and the run ends
+    at the one-process weights, with the one-process gradient norm (summed, not averaged)."""
+    home, _ = micro_home
+    _, one, one_text, moved = one_process_sft(home)
     marker = home / "fsdp-fault-fired"
-    sharded_args = [*args, "--refresh", "--set", "sft.launch.processes=2", "--set", "sft.launch.strategy=fsdp",
-                    "--set", "sft.checkpoint_every=4"]
-    _, sharded, text = weights(r1flow(sharded_args, home, R1FLOW_FAULT_KILL=f"sft:6:{marker}"))
+    _, sharded, text = sft_weights(home, "--refresh", "--set", "sft.launch.processes=2", "--set",
+                                   "sft.launch.strategy=fsdp", "--set", "sft.checkpoint_every=4",
+                                   R1FLOW_FAULT_KILL=f"sft:6:{marker}")
     assert marker.exists() and "resuming from checkpoint" in text and "step-00000004" in text, text[-3000:]
     assert grad_norm(text) == pytest.approx(grad_norm(one_text), rel=1e-3)
-    differ = max((one[k] - sharded[k]).abs().max().item() for k in one)
-    assert differ < 1e-3 * moved, (moved, differ)
+    assert largest_difference(one, sharded) < 1e-3 * moved
 
 
+@pytest.mark.scaleout
 def test_grpo_fully_sharded_through_the_launcher_publishes_the_whole_policy(micro_home):
     """R1-Zero with ``strategy: fsdp`` on two ranks: rollouts and evaluations come from a whole copy
     of the policy, refreshed from the shards after every step; a checkpoint is gathered at step 2,
     the stage is killed after step 3 and resumes from it; the published model is that copy, equal
-    to the model two data-parallel ranks publish (the same prompts per rank). ``tests/test_distributed.py`` checks a sharded GRPO step's math against
-    one process; this checks the plumbing around it."""
+    to the model two data-parallel ranks publish (the same prompts per rank).
+    ``tests/test_distributed.py`` checks a sharded GRPO step's math against one process; this
+    checks the plumbing around it."""
     from safetensors.torch import load_file
 
     from r1flow.store_local import LocalStore
