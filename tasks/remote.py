@@ -52,7 +52,6 @@ def run_stage_deployment(stage: str, key: str, launch: dict[str, Any], flow_para
     """Run ``stage`` as a flow run of ``launch.deployment`` and return what it published; with
     ``launch.shards`` = N, first N shard flow runs (each generating the chunks c mod N = i), then
     the merging one, which reuses their chunks."""
-
     store = runtime.store()
     output_key = runtime.output_key(stage, key)
     if not fresh and (ref := published(stage, store, output_key)):
