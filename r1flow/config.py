@@ -302,16 +302,12 @@ class PipelineConfig(BaseModel):
     @model_validator(mode="after")
     def _scale_out_is_coherent(self) -> "PipelineConfig":
         for stage in STAGES + (EVALUATION,):
-            if stage not in SHARDABLE and self.section(stage).launch.shards > 1:
-                raise ValueError(f"{stage}.launch.shards: only these stages split their work into shards: "
-                                 f"{', '.join(SHARDABLE)}")
-        for stage in STAGES + (EVALUATION,):
             launch = self.section(stage).launch
-            if stage not in MULTI_PROCESS and launch.processes * launch.machines > 1:
-                raise ValueError(f"{stage}.launch.processes/machines: only these stages run on several processes: "
-                                 f"{', '.join(MULTI_PROCESS)}")
-            if launch.strategy == "fsdp" and stage not in MULTI_PROCESS:
-                raise ValueError(f"{stage}.launch.strategy 'fsdp': only these stages train, sharded or not: "
+            if launch.shards > 1 and (stage not in SHARDABLE or self.evaluate.tensor_parallel_size > 1):
+                raise ValueError(f"{stage}.launch.shards: only these stages split their work into shards: "
+                                 f"{', '.join(SHARDABLE)}; a shard takes one GPU (evaluate.tensor_parallel_size 1)")
+            if stage not in MULTI_PROCESS and (launch.processes * launch.machines > 1 or launch.strategy == "fsdp"):
+                raise ValueError(f"{stage}.launch: only these stages run on several processes, sharded or not: "
                                  f"{', '.join(MULTI_PROCESS)}")
         for stage in RL_STAGES:
             rl = self.section(stage)
@@ -321,10 +317,6 @@ class PipelineConfig(BaseModel):
             if rl.engine == "vllm" and rl.launch.processes * rl.launch.machines > 1:
                 raise ValueError(f"{stage}.engine vllm on several processes is not supported yet: every rank's "
                                  "engine would start on the first GPU; use the torch engine there")
-        for stage in SHARDABLE:
-            if self.section(stage).launch.shards > 1 and self.evaluate.tensor_parallel_size > 1:
-                raise ValueError(f"{stage}.launch.shards with evaluate.tensor_parallel_size > 1: a shard takes "
-                                 "one GPU; shard over machines of one GPU each, or do not shard")
         if self.rejection_sampling.launch.shards > 1 and not self.rejection_sampling.checkpoint_chunks:
             raise ValueError("rejection_sampling.launch.shards > 1 needs checkpoint_chunks: shards hand over "
                              "saved chunks")

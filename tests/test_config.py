@@ -62,10 +62,10 @@ def test_apply_set_parses_yaml_values():
     (["sft.launch.shards=2"], "only these stages split their work into shards: rejection_sampling, evaluation"),
     (["rejection_sampling.launch.processes=2"], "only these stages run on several processes"),
     (["sft.launch.processes=2", "sft.launch.strategy=zero3"], "shards with PyTorch's FSDP2"),
-    (["rejection_sampling.launch.strategy=fsdp"], "only these stages train, sharded or not"),
+    (["rejection_sampling.launch.strategy=fsdp"], "only these stages run on several processes, sharded or not"),
     (["reasoning_rl.vllm_sleep=true"], "sleep/wake is a vLLM feature on CUDA"),
     (["r1_zero.engine=vllm", "r1_zero.launch.processes=2"], "engine vllm on several processes is not supported"),
-    (["evaluation.launch.shards=2", "evaluate.tensor_parallel_size=2"], "a shard takes one GPU"),
+    (["evaluation.launch.shards=2", "evaluate.tensor_parallel_size=2"], r"a shard takes one GPU \(evaluate"),
     (["reasoning_rl.vllm_sleep=true", "reasoning_rl.engine=vllm"], "sleep/wake is a vLLM feature on CUDA"),
 ])
 def test_scale_out_settings_that_cannot_work_are_refused_by_name(sets, refusal):
