@@ -108,11 +108,12 @@ class Checkpointer:
         from r1flow.ranks import rank_world
         from r1flow.sharding import full_state, is_sharded
 
-        if not is_sharded(model) and rank_world()[0] != 0:
+        sharded, writes = is_sharded(model), rank_world()[0] == 0
+        if not (sharded or writes):
             return ""
-        model_state, optim_state = (full_state(model, optimizer) if is_sharded(model)
+        model_state, optim_state = (full_state(model, optimizer) if sharded
                                     else (model.state_dict(), optimizer.state_dict()))
-        if rank_world()[0] != 0:
+        if not writes:
             return ""
         with tempfile.TemporaryDirectory(prefix="r1flow-ckpt-") as tmp:
             folder = Path(tmp)

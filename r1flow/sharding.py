@@ -64,6 +64,21 @@ def backward_share(loss, model, world: int) -> None:
     (loss * world if is_sharded(model) else loss).backward()
 
 
+def sum_gradients(model, params) -> None:
+    """The gradients of ``params`` summed over ranks after a step's backward passes: by hand for a
+    plain model (a missing gradient counts as zeros, so every rank reduces the same list); nothing
+    to do for a sharded one, whose backward passes reduce-scattered them."""
+    from r1flow.ranks import all_ranks_sum
+
+    if is_sharded(model):
+        return
+    params = list(params)
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    all_ranks_sum([p.grad for p in params])
+
+
 def _options():
     from torch.distributed.checkpoint.state_dict import StateDictOptions
 

@@ -116,13 +116,14 @@ def run_spec_process(spec: StageSpec, runtime: Runtime, launch: dict[str, Any] |
                      on_line: Callable[[str], None] = lambda line: None, on_start=lambda proc: None) -> int:
     """Write ``spec`` to a file in the state folder, run the stage process on it (under
     ``accelerate launch`` when ``launch`` asks for several processes), return its exit code."""
-    with tempfile.NamedTemporaryFile("w", suffix=".json", dir=runtime.home, delete=False) as f:
-        f.write(spec.model_dump_json())
+    text = spec.model_dump_json()
     if int((launch or {}).get("machines", 1)) > 1:  # machines 1..M-1 follow this one (r1flow.multinode)
         if not (job := multinode.job_id()):
             raise StageInputError(f"stage {spec.stage}: launch.machines > 1 needs {multinode.JOB_ENV} (the job all "
                                   "machines share; the multi-node Kubernetes template sets it)")
-        multinode.publish_spec(runtime.store(), job, spec.model_dump_json())
+        multinode.publish_spec(runtime.store(), job, text)
+    with tempfile.NamedTemporaryFile("w", suffix=".json", dir=runtime.home, delete=False) as f:
+        f.write(text)
     try:
         return run_process(stage_command(Path(f.name), launch), env=runtime.stage_env(), on_event=on_event,
                            on_line=on_line, on_start=on_start)

@@ -61,7 +61,7 @@ from r1flow.grpo.loss import grpo_loss, zero_variance_groups
 from r1flow.grpo.params import GRPOParams
 from r1flow.grpo.rewarding import RewardScores, RewardSpec, reward_metrics, score_batch
 from r1flow.ranks import all_ranks_sum, rank_world
-from r1flow.sharding import as_float, backward_share, is_sharded, micro_batches
+from r1flow.sharding import as_float, backward_share, micro_batches, sum_gradients
 from r1flow.tracking import NullTracker, Tracker
 
 SAMPLE_ROWS = 8
@@ -138,11 +138,7 @@ def make_optimizer(model, params: GRPOParams) -> tuple[torch.optim.Optimizer, to
 
 def _apply_update(model, optimizer, scheduler, grad_clip: float) -> float:
     trainable = [p for p in model.parameters() if p.requires_grad]
-    if not is_sharded(model):  # sharded, the backward passes reduce-scattered the gradients already
-        for p in trainable:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        all_ranks_sum([p.grad for p in trainable])
+    sum_gradients(model, trainable)
     norm = torch.nn.utils.clip_grad_norm_(trainable, grad_clip or float("inf"))
     optimizer.step()
     scheduler.step()

@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from r1flow.checkpoint import Checkpointer
 from r1flow.flops import compute_params, sft_flops
 from r1flow.ranks import all_ranks_sum, rank_world
-from r1flow.sharding import as_float, backward_share, is_sharded, micro_batches
+from r1flow.sharding import as_float, backward_share, is_sharded, micro_batches, sum_gradients
 from r1flow.tracking import NullTracker, Tracker
 
 IGNORE = -100
@@ -209,13 +209,9 @@ def accumulate(model, rows: list[tuple[list[int], list[int]]], pad_id: int, para
         backward_share(share, model, world)  # sharded: the gradients are reduce-scattered here
         value += share.item()
     if world > 1:
-        grads = []
-        if not sharded:  # data parallel by hand: sum the gradients here
-            for p in model.parameters():  # every rank reduces the same list, even where a grad is missing
-                p.grad = p.grad if p.grad is not None else torch.zeros_like(p)
-            grads = [p.grad for p in model.parameters()]
+        sum_gradients(model, model.parameters())
         total = torch.tensor([value], device=next(model.parameters()).device)
-        all_ranks_sum(grads + [total])
+        all_ranks_sum([total])
         value = float(total.item())
     return float(value), sum(len(ids) for ids, _ in rows)
 
