@@ -6,7 +6,7 @@ peak memory and MFU — at the ``tiny`` preset's teacher size and at a Qwen2.5-0
     python -m benchmarks.gpu_check --device cpu --quick      (here: the same code path, smaller)
 
 Everything runs as the stages run it: fp32 weights and AdamW state, ``torch.autocast`` bf16
-(``r1flow.stages.runner.mixed_precision``), the lean KV-cache decoder for rollouts. Each figure is
+(``r1flow.precision``: one autocast context per forward), the lean KV-cache decoder for rollouts. Each figure is
 taken after a warm-up run. MFU is model FLOPs per second (``r1flow.flops``: 6·N per trained token,
 2·N per generated or scored token) over the device's dense bf16 peak (``r1flow.estimate``). For GRPO
 it counts the whole step, rollouts included, so it is a utilisation of the step, not of its matmuls;
@@ -71,7 +71,7 @@ def check_size(size: str, device: torch.device, steps: int, quick: bool) -> dict
     from r1flow.grpo.trainer import train_grpo
     from r1flow.modeling import ModelArch, build_model
     from r1flow.rewards import get_reward
-    from r1flow.stages.runner import mixed_precision
+    from r1flow.precision import autocast_forwards
     from r1flow.templates import r1_zero_completion, render_prompt
     from r1flow.train.sft import SFTParams, train_sft
 
@@ -79,7 +79,7 @@ def check_size(size: str, device: torch.device, steps: int, quick: bool) -> dict
     if quick:
         batch, tokens = 8, 16
     tokenizer, problems = tokenizer_and_problems(2000)
-    model = build_model(ModelArch(**arch), tokenizer, seed=0).to(device)
+    model = autocast_forwards(build_model(ModelArch(**arch), tokenizer, seed=0).to(device), torch.bfloat16)
     n = compute_params(model)
     peak = peak_flops(device)
     examples = [{"prompt": render_prompt(p.question, "r1_zero"),
@@ -91,9 +91,8 @@ def check_size(size: str, device: torch.device, steps: int, quick: bool) -> dict
                       log_every=steps, sample_every=10**6)
     rewards = [("accuracy", 1.0, completion_reward(get_reward("accuracy"))),
                ("format", 0.1, completion_reward(get_reward("format", template="r1_zero")))]
-    with mixed_precision({"dtype": "bfloat16", "device": device.type}):
-        sft_out = measure(device, lambda: train_sft(model, tokenizer, examples, sft))
-        grpo_out = measure(device, lambda: train_grpo(model, tokenizer, prompts, rewards, grpo))
+    sft_out = measure(device, lambda: train_sft(model, tokenizer, examples, sft))
+    grpo_out = measure(device, lambda: train_grpo(model, tokenizer, prompts, rewards, grpo))
     rows = {}
     for name, out, trained in (("sft", sft_out, sft_out["tokens"]), ("grpo", grpo_out, None)):
         flops = out["train_flops"]  # GRPO: the whole step's, rollouts and reference forward included

@@ -21,6 +21,7 @@ def check(ctx: StageContext) -> None:
 
 
 def run(ctx: StageContext) -> None:
+    from r1flow.precision import compute_dtype
     from r1flow.train.pretrain import pretrain_base
 
     cfg: BaseConfig = ctx.config
@@ -41,7 +42,8 @@ def run(ctx: StageContext) -> None:
             continue
         ctx.log(f"pretraining the {role} base ({train.max_steps} steps)")
         tracker = _Prefixed(ctx.tracker, f"{role}/")
-        model, tokenizer = pretrain_base(arch, cfg.corpus, train, tokenizer=tokenizer, tracker=tracker)
+        model, tokenizer = pretrain_base(arch, cfg.corpus, train, tokenizer=tokenizer, tracker=tracker,
+                                         dtype=compute_dtype(ctx.runtime))
         save_policy(model, tokenizer, ctx, sub=role)
         params = sum(p.numel() for p in model.parameters())
         ctx.tracker.log_metrics({f"{role}/parameters": params}, 0)

@@ -42,14 +42,21 @@ def model_dir(artifact: Path, which: str = "teacher") -> Path:
     raise UserError(f"artifact {artifact} holds no model folder (model/ or {which}/)")
 
 
-def load_policy(artifact: Path, ctx: StageContext, which: str = "teacher"):
-    """(model, tokenizer) on the stage's device, from an artifact's model folder or source.json."""
+def load_policy(artifact: Path, ctx: StageContext, which: str = "teacher", *, frozen: bool = False):
+    """(model, tokenizer) on the stage's device, from an artifact's model folder or source.json.
+
+    Under ``dtype: bfloat16`` a trained model keeps fp32 weights and runs each forward in bf16
+    autocast; a ``frozen`` one (GRPO's reference) is cast to bf16 whole, without gradients
+    (``r1flow.precision``)."""
     from r1flow.modeling import load_model
+    from r1flow.precision import autocast_forwards, compute_dtype, freeze
 
     where = model_location(artifact, which)
     model, tok = load_model(where["model_path"], revision=where.get("revision"),
                             trust_remote_code=where.get("trust_remote_code", False))
     ctx.sources[id(model)] = where  # where a vLLM engine for this model starts from
+    dtype = compute_dtype(ctx.runtime)
+    model = freeze(model, dtype) if frozen else autocast_forwards(model, dtype)
     return model.to(setup_torch(ctx)), tok
 
 
@@ -181,7 +188,8 @@ def evaluate(ctx: StageContext, model, tokenizer, template: str, *, step: int = 
                                 max_new_tokens=int(cfg.get("max_new_tokens", 64)),
                                 seed=int(ctx.runtime.get("seed", 0)),
                                 batch_size=max(1, int(cfg.get("batch_size", 128)) // 4),
-                                chunks=chunks, shard=ctx.spec.shard)
+                                chunks=chunks, shard=ctx.spec.shard,
+                                answer_format=cfg.get("answer_format", "auto"))
         if chunks and chunks.loaded:
             ctx.log(f"evaluation {short}: reused {chunks.loaded} saved chunk(s)")
         if result is None:  # a shard: its chunks are saved for the merging run

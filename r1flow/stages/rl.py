@@ -110,7 +110,7 @@ def run(ctx: StageContext) -> None:
         ctx.sources[id(model)] = ctx.sources.get(id(policy), {})
         shard(policy)
     wants_ref = cfg.grpo.beta > 0 or cfg.grpo.log_kl
-    ref_model = load_policy(ctx.inputs["policy"], ctx, which=cfg.model)[0].eval() if wants_ref else None
+    ref_model = load_policy(ctx.inputs["policy"], ctx, which=cfg.model, frozen=True)[0] if wants_ref else None
     per_source = [_prompts(p, ctx) for p in cfg.prompts]
     for src, rows in zip(cfg.prompts, per_source):
         ctx.tracker.log_dataset(f"prompts/{src.source}", rows, context="training", source=src.source)

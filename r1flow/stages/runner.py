@@ -168,21 +168,6 @@ def join_process_group(runtime: dict[str, Any]) -> int:
     return PartialState(cpu=cpu, timeout=timeout).process_index
 
 
-def mixed_precision(runtime: dict[str, Any]):
-    """``dtype: bfloat16``: fp32 weights, gradients and optimizer state, bf16 matmuls
-    (``torch.autocast`` on the stage's device; softmax and log-probs stay fp32 under its rules).
-    ``float32``: nothing changes."""
-    import contextlib
-
-    import torch
-
-    if runtime.get("dtype", "float32") == "float32":
-        return contextlib.nullcontext()
-    device = runtime.get("device", "cpu")
-    kind = "cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu"
-    return torch.autocast(kind, dtype=torch.bfloat16)
-
-
 def run_spec(spec: StageSpec, rank: int = 0) -> ArtifactRef | None:
     """Run one stage in this process; returns the published ref (rank 0) or None."""
     from r1flow.stages import load_stage
@@ -212,8 +197,7 @@ def run_spec(spec: StageSpec, rank: int = 0) -> ArtifactRef | None:
     try:
         with _refusals():
             stage.check(ctx)  # cheap input checks before the expensive part
-        with mixed_precision(spec.runtime):
-            stage.run(ctx)
+        stage.run(ctx)  # mixed precision is per forward (r1flow.precision), never one context here
         if rank != 0 or spec.shard:
             return None
         if inner is not None:

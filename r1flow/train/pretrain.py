@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from r1flow.data.arith import CorpusMix, TaskParams, pretraining_corpus
 from r1flow.modeling import ModelArch, build_model, train_tokenizer
+from r1flow.precision import autocast_forwards
 from r1flow.tracking import NullTracker, Tracker
 from r1flow.train.sft import SFTParams, train_sft
 
@@ -40,14 +41,16 @@ def pretrain_base(
     sft_params: SFTParams,
     tokenizer=None,
     tracker: Tracker | None = None,
+    dtype=None,
 ):
     """Build the corpus, train a tokenizer on it unless one is given, build a model from ``arch``
-    (seeded by ``sft_params.seed``) and train it on whole documents. Returns (model, tokenizer),
-    the tokenizer set up for batched generation (left padding)."""
+    (seeded by ``sft_params.seed``) and train it on whole documents — each forward in ``dtype``
+    autocast when given (``r1flow.precision``). Returns (model, tokenizer), the tokenizer set up
+    for batched generation (left padding)."""
     corpus = build_corpus(corpus_params)
     if tokenizer is None:
         tokenizer = train_tokenizer(corpus, corpus_params.vocab_size)
-    model = build_model(arch, tokenizer, seed=sft_params.seed)
+    model = autocast_forwards(build_model(arch, tokenizer, seed=sft_params.seed), dtype)
     examples = [{"prompt": "", "completion": doc} for doc in corpus]
     train_sft(model, tokenizer, examples, sft_params, tracker or NullTracker())
     tokenizer.padding_side = "left"
