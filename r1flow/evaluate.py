@@ -22,6 +22,16 @@ do not vote; ties go to the answer that appeared first in sample order, so the v
 function of the samples. cons@k scores the first sample that voted for the winner (all its
 voters share one answer). Equal values in different LaTeX spellings (``\\frac12``, ``0.5``) vote
 apart. Metric names avoid ``@`` because MLflow rejects it.
+
+Answer format (``answer_format``: "r1", "boxed", or "auto" = the template's default,
+``r1flow.templates.default_answer_format``): where correctness and the majority vote read each
+sample's answer (``r1flow.rewards.parsing``). An R1-format policy answers after ``</think>``; a
+plain chain-of-thought base or instruct model (template "boxed") answers in its last
+``\\boxed{}``. Graded with the R1 rule, such a model scores 0 everywhere, while the pass@1
+published for the models the paper compares against (§3, evaluation setup, arXiv 2501.12948) is
+graded by their own harnesses (Qwen2.5-Math's) on the last ``\\boxed{}``; the "boxed" format
+makes a base's pass@1 comparable with those numbers.
+``lenient_pass_at_1`` reads the last number of the whole completion under every format.
 """
 
 from __future__ import annotations
@@ -36,13 +46,14 @@ from typing import Any
 from r1flow.chunks import ChunkLog, owned_chunks
 from r1flow.engine import GenerationEngine
 from r1flow.rewards import (
+    AccuracyReward,
     extract_answer,
     get_reward,
     gold_answer,
     mixes_languages,
     split_completion,
 )
-from r1flow.rewards.parsing import clean_answer, last_number
+from r1flow.rewards.parsing import clean_answer, last_number, resolve_answer_format
 from r1flow.templates import render_prompt
 from r1flow.tracking import NullTracker, Tracker
 
@@ -125,13 +136,14 @@ def evaluate_model(engine: GenerationEngine, problems: list[dict[str, str]], *, 
                    temperature: float = 0.6, top_p: float = 0.95, max_new_tokens: int = 256,
                    seed: int | None = 0, batch_size: int = 64, grading_timeout_s: float = 5.0,
                    tracker: Tracker | None = None, chunks: ChunkLog | None = None,
-                   shard: tuple[int, int] | None = None) -> EvalResult | None:
+                   shard: tuple[int, int] | None = None, answer_format: str = "auto") -> EvalResult | None:
     """Sample ``k`` completions per problem and score them (see the module docstring).
 
     ``problems`` are rows with ``question`` and ``answer`` (``id`` optional); ``batch_size`` is the
     number of problems per ``engine.generate`` call, and call ``c`` uses seed ``seed + c``.
     Correctness is the accuracy reward (``r1flow.rewards``), graded with a per-sample deadline of
-    ``grading_timeout_s`` (an overrun scores 0 and is counted in ``grading_timeouts``).
+    ``grading_timeout_s`` (an overrun scores 0 and is counted in ``grading_timeouts``), reading
+    answers in ``answer_format`` ("auto": the template's default), as the majority vote does.
 
     Call ``c``'s completions are a pure function of ``c``, so they can be saved and reused
     (``chunks``, ``r1flow.chunks``: a killed evaluation resumes) and split over processes:
@@ -143,7 +155,8 @@ def evaluate_model(engine: GenerationEngine, problems: list[dict[str, str]], *, 
     if k < 1 or batch_size < 1:
         raise ValueError(f"k and batch_size must be >= 1, got k={k}, batch_size={batch_size}")
     tracker = tracker or NullTracker()
-    accuracy_fn = get_reward("accuracy", timeout_s=grading_timeout_s)
+    answer_format = resolve_answer_format(answer_format, template)
+    accuracy_fn = AccuracyReward(timeout_s=grading_timeout_s, answer_format=answer_format)
     format_fn = get_reward("format", template=template)
     samples: list[dict[str, Any]] = []
     per_problem: list[dict[str, float]] = []
@@ -166,7 +179,7 @@ def evaluate_model(engine: GenerationEngine, problems: list[dict[str, str]], *, 
         correct = accuracy_fn(texts, golds)
         timeouts += getattr(correct, "n_timeouts", 0)
         formats = format_fn(texts, golds)
-        answers = [extract_answer(t, template) for t in texts]
+        answers = [extract_answer(t, template, answer_format) for t in texts]
         mixed = [mixes_languages(split_completion(t, template)[0] or t) for t in texts]
         lenient = [max(c, float(lenient_match(t, g))) for c, t, g in zip(correct, texts, golds)]
         for p_local, problem in enumerate(chunk):

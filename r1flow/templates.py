@@ -7,6 +7,17 @@ R1 (paper §2.3.1, "readability"): the cold-start format is reasoning, then a su
 ``<think> reasoning </think> summary``. The R1 template pre-fills ``<think>`` as the first
 completion token, as DeepSeek's released chat template does; rewards must treat a completion
 that starts inside the thinking block as well-formed (see ``r1flow.rewards``).
+
+Boxed (paper §3, evaluation setup, arXiv 2501.12948): the question followed by
+"Please reason step by step, and put your final answer within \\boxed{}." — the math directive
+DeepSeek-R1's release recommends for evaluation and the one Qwen2.5-Math's evaluation harness
+uses. It is for plain chain-of-thought models (a base or instruct model before any RL): they
+write no ``<think>`` block, so grading them with the R1 rule (the answer follows ``</think>``)
+scores every problem 0; the published pass@1 of such models grades the last ``\\boxed{}``.
+
+Each template has a default answer format (``default_answer_format``): where its completions
+put the answer, as ``r1flow.rewards.parsing`` reads it. ``"r1"``: after the first ``</think>``;
+``"boxed"``: the whole completion's last ``\\boxed{}``.
 """
 
 from __future__ import annotations
@@ -22,20 +33,44 @@ R1_ZERO_TEMPLATE = (
 R1_TEMPLATE = "User: {prompt}\nAssistant: <think>"
 """The R1 template ends by opening the thinking block: completions start inside it."""
 
-TEMPLATES = {"r1_zero": R1_ZERO_TEMPLATE, "r1": R1_TEMPLATE}
+BOXED_TEMPLATE = "{prompt}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
+"""Plain chain of thought (a ``str.format`` string: ``{{}}`` renders as ``{}``)."""
+
+TEMPLATES = {"r1_zero": R1_ZERO_TEMPLATE, "r1": R1_TEMPLATE, "boxed": BOXED_TEMPLATE}
+
+ANSWER_FORMATS = ("r1", "boxed")
+"""Where a completion's answer is: after ``</think>`` ("r1") or in its last ``\\boxed{}``."""
+
+_DEFAULT_ANSWER_FORMAT = {"r1_zero": "r1", "r1": "r1", "boxed": "boxed"}
+
+
+def _known(template: str) -> str:
+    if template not in TEMPLATES:
+        raise ValueError(f"unknown template {template!r}; known: {sorted(TEMPLATES)}")
+    return template
 
 
 def render_prompt(prompt: str, template: str) -> str:
-    """Fill ``template`` (a name from TEMPLATES) with a user prompt."""
-    try:
-        return TEMPLATES[template].format(prompt=prompt)
-    except KeyError:
-        raise ValueError(f"unknown template {template!r}; known: {sorted(TEMPLATES)}") from None
+    """Fill ``template`` (a name from TEMPLATES) with a user prompt.
+
+    >>> render_prompt("Compute 2 + 3.", "boxed")
+    'Compute 2 + 3.\\nPlease reason step by step, and put your final answer within \\\\boxed{}.'
+    """
+    return TEMPLATES[_known(template)].format(prompt=prompt)
 
 
 def prefills_think(template: str) -> bool:
     """True when the template itself opens ``<think>`` (so completions lack the opening tag)."""
     return TEMPLATES[template].rstrip().endswith("<think>")
+
+
+def default_answer_format(template: str) -> str:
+    """The answer format a template's completions are graded with (one of ANSWER_FORMATS).
+
+    >>> [default_answer_format(t) for t in ("r1_zero", "r1", "boxed")]
+    ['r1', 'r1', 'boxed']
+    """
+    return _DEFAULT_ANSWER_FORMAT[_known(template)]
 
 
 def r1_zero_completion(reasoning: str, answer: str) -> str:

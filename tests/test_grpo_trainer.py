@@ -326,19 +326,17 @@ def test_rewards_of_other_sources_are_nan_and_left_out_of_their_mean():
 
 
 def test_bfloat16_mixed_precision_trains_fp32_weights_with_bf16_matmuls(tok):
-    """``dtype: bfloat16`` (the GPU presets): the stage runs under autocast; weights and optimizer
-    stay fp32, the forward's matmuls are bf16, and GRPO still learns on this toy reward."""
-    from r1flow.stages.runner import mixed_precision
+    """``dtype: bfloat16`` (the GPU presets): each forward runs in bf16 autocast
+    (``r1flow.precision``); weights and optimizer stay fp32, and GRPO still learns on this toy reward."""
+    from r1flow.precision import autocast_forwards
 
-    model, tracker = model_for(tok), ListTracker()
+    model, tracker = autocast_forwards(model_for(tok), torch.bfloat16), ListTracker()
     seen = []
     hook = model.lm_head.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
-    with mixed_precision({"dtype": "bfloat16", "device": "cpu"}):
-        train_grpo(model, tok, PROMPTS, A_REWARD, GRPOParams(steps=3, prompts_per_step=2, group_size=4,
-                                                             max_new_tokens=5, lr=1e-3), tracker)
+    train_grpo(model, tok, PROMPTS, A_REWARD, GRPOParams(steps=3, prompts_per_step=2, group_size=4,
+                                                         max_new_tokens=5, lr=1e-3), tracker)
     hook.remove()
     assert seen and set(seen) == {torch.bfloat16}
     assert all(p.dtype == torch.float32 for p in model.parameters())
     assert all(math.isfinite(m["loss"]) for _, m in tracker.history)
-    with mixed_precision({"dtype": "float32", "device": "cpu"}):
-        assert model.lm_head(torch.zeros(1, ARCH.hidden_size)).dtype == torch.float32
+    assert model.lm_head(torch.zeros(1, ARCH.hidden_size)).dtype == torch.float32  # outside a forward

@@ -3,7 +3,12 @@
 Rule-based and graded by math-verify (``parse`` + ``verify``). Choices:
 1. Only the final answer counts (``parsing.extract_answer``: after the first ``</think>``, in
    ``<answer>`` when present, else the last ``\\boxed{}``, else the last number). A completion
-   whose thinking never closes scores 0.
+   whose thinking never closes scores 0. That is the ``"r1"`` answer format, the default.
+   Plain chain-of-thought models (base or instruct models before RL, the ``"boxed"`` template)
+   are graded with ``answer_format="boxed"``: the whole completion's last ``\\boxed{}`` (else its
+   last number), as the harnesses behind the baselines' published pass@1 grade them (paper §3,
+   evaluation setup, arXiv 2501.12948; see ``parsing``). Under ``"r1"`` such a model scores 0
+   on every problem, so its pass@1 would say nothing about the base.
 2. math-verify's own timeouts use ``signal.alarm``, which fails off the main thread; they are
    switched off (``parsing_timeout=None``, ``timeout_seconds=None``) so ``accuracy`` gives the
    same result on every thread. The deadline is enforced from outside instead:
@@ -26,8 +31,8 @@ from collections.abc import Sequence
 
 from math_verify import parse, verify
 
-from r1flow.rewards.parsing import extract_answer, gold_answer
-from r1flow.rewards.pool import GradingPool, default_pool
+from r1flow.rewards.parsing import check_answer_format, extract_answer, gold_answer
+from r1flow.rewards.pool import GradeFn, GradingPool, default_pool
 
 _INTEGER = re.compile(r"[+-]?\d{1,18}")
 _UNESCAPED_DOLLAR = re.compile(r"(?<!\\)\$")
@@ -61,13 +66,18 @@ def _quick(prediction: str | None, gold: str) -> float | None:
     return None
 
 
-def quick_accuracy(completion: str, gold: str) -> float | None:
+def _prediction(completion: str, answer_format: str) -> str | None:
+    return extract_answer(completion, answer_format=check_answer_format(answer_format))
+
+
+def quick_accuracy(completion: str, gold: str, answer_format: str = "r1") -> float | None:
     """``accuracy`` when it needs no math-verify (no answer, or two integers), else None."""
-    return _quick(extract_answer(completion), gold_answer(gold))
+    return _quick(_prediction(completion, answer_format), gold_answer(gold))
 
 
-def accuracy(completion: str, gold: str) -> float:
-    """1.0 when the completion's final answer equals the gold's, else 0.0 (no timeout here).
+def accuracy(completion: str, gold: str, answer_format: str = "r1") -> float:
+    """1.0 when the completion's final answer (in ``answer_format``, "r1" or "boxed") equals
+    the gold's, else 0.0 (no timeout here).
 
     >>> accuracy(" <think> 2 + 3 = 5 </think> <answer> 5 </answer>", "#### 5")
     1.0
@@ -75,13 +85,28 @@ def accuracy(completion: str, gold: str) -> float:
     1.0
     >>> accuracy(" <think> the answer is 5 <answer> 5 </answer>", "5")  # thinking never closed
     0.0
+    >>> [accuracy("2 + 3 = 5. The answer is \\\\boxed{5}.", "5", f) for f in ("r1", "boxed")]
+    [0.0, 1.0]
     """
-    prediction, target = extract_answer(completion), gold_answer(gold)
+    prediction, target = _prediction(completion, answer_format), gold_answer(gold)
     quick = _quick(prediction, target)
     if quick is not None:
         return quick
     predicted = parse(_as_latex(prediction), parsing_timeout=None)
     return float(verify(_parse_gold(target), predicted, timeout_seconds=None))
+
+
+def boxed_accuracy(completion: str, gold: str) -> float:
+    """``accuracy`` under the ``"boxed"`` answer format (module level: pool workers import it)."""
+    return accuracy(completion, gold, "boxed")
+
+
+_GRADERS: dict[str, GradeFn] = {"r1": accuracy, "boxed": boxed_accuracy}
+
+
+def grader(answer_format: str = "r1") -> GradeFn:
+    """The two-argument ``fn(completion, gold)`` that grades ``answer_format`` (for a pool)."""
+    return _GRADERS[check_answer_format(answer_format)]
 
 
 class BatchScores(list):
@@ -98,13 +123,17 @@ class AccuracyReward:
     Integer answers are graded in-process; the rest go to ``pool`` (the process-wide default
     pool when None), where an item that runs past ``timeout_s`` scores 0. The returned list
     carries that batch's count as ``n_timeouts``; ``total_timeouts`` sums them since creation.
+    ``answer_format`` ("r1" or "boxed") says where the answers are (see ``accuracy``).
     """
 
-    def __init__(self, timeout_s: float = 5.0, pool: GradingPool | None = None) -> None:
+    def __init__(
+        self, timeout_s: float = 5.0, pool: GradingPool | None = None, answer_format: str = "r1"
+    ) -> None:
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
         self.__name__ = "accuracy"
         self.timeout_s, self.pool = timeout_s, pool
+        self.answer_format = check_answer_format(answer_format)
         self.total_timeouts = 0
         self._lock = threading.Lock()
 
@@ -113,13 +142,16 @@ class AccuracyReward:
     ) -> BatchScores:
         if len(completions) != len(golds):
             raise ValueError(f"{len(completions)} completions but {len(golds)} golds")
-        scores = [quick_accuracy(c, g) for c, g in zip(completions, golds)]
+        scores = [quick_accuracy(c, g, self.answer_format) for c, g in zip(completions, golds)]
         slow = [i for i, score in enumerate(scores) if score is None]
         n_timeouts = 0
         if slow:
             pool = self.pool or default_pool()
             graded = pool.score(
-                accuracy, [completions[i] for i in slow], [golds[i] for i in slow], self.timeout_s
+                grader(self.answer_format),
+                [completions[i] for i in slow],
+                [golds[i] for i in slow],
+                self.timeout_s,
             )
             for i, score in zip(slow, graded.scores):
                 scores[i] = score

@@ -11,13 +11,29 @@ unclosed one runs to the end), and inside it the last ``\\boxed{}`` if it has on
 the last ``\\boxed{}`` of the final part; otherwise the last number there. Golds come as
 GSM8K solutions (``… #### 2,125``), MATH solutions or answers (LaTeX), AIME integers (``025``)
 or plain numbers; ``clean_answer`` brings a gold and a prediction to the same bare form.
+
+Answer formats (``r1flow.templates.ANSWER_FORMATS``). The order above is the ``"r1"`` format,
+for R1-format policies. A plain chain-of-thought model (a base or instruct model before RL,
+prompted with the ``"boxed"`` template) writes no ``</think>``, so under ``"r1"`` it scores 0
+on every problem. The paper's evaluation (§3, evaluation setup, arXiv 2501.12948) reports
+pass@1 of R1 next to such models (Qwen2.5-Math, the distillation bases); their published
+numbers grade the final ``\\boxed{}``, so a base's pass@1 is comparable only when graded the
+same way. The ``"boxed"`` format (``boxed_answer``) follows Qwen2.5-Math's and DeepSeek-Math's
+evaluation harnesses: the whole completion's LAST complete ``\\boxed{…}`` (balanced braces; a
+box left unclosed, e.g. cut by the token budget, is skipped, as DeepSeek-Math's
+``extract_boxed_answers`` does). A completion that writes no ``\\boxed`` at all falls back to
+its last number: both harnesses do (Qwen2.5-Math ``evaluation/parser.py``
+``extract_answer(use_last_number=True)``, DeepSeek-Math ``answer_extraction.py``
+``extract_answer``), after a "the answer is …" phrase that this module does not look for (the
+last number stands in for it); like them, a completion with only unclosed or empty boxes has no
+answer. ``"auto"`` (``resolve_answer_format``) is the template's default format.
 """
 
 from __future__ import annotations
 
 import re
 
-from r1flow.templates import TEMPLATES, prefills_think
+from r1flow.templates import ANSWER_FORMATS, TEMPLATES, default_answer_format, prefills_think
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
@@ -27,6 +43,7 @@ _ANSWER_BLOCK = re.compile(r"<answer>(.*?)(?:</answer>|\Z)", re.S)
 _NUMBER = re.compile(r"(?<![\d.])-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")
 _THOUSANDS = re.compile(r"[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 _BRACE = re.compile(r"[{}]")
+_BOXED = "\\boxed"
 _MATH_WRAPPER = re.compile(r"\$\$(.*)\$\$|\$([^$]*)\$|\\\((.*)\\\)|\\\[(.*)\\\]", re.S)
 
 
@@ -35,6 +52,24 @@ def check_template(template: str) -> str:
     if template not in TEMPLATES:
         raise ValueError(f"unknown template {template!r}; known: {sorted(TEMPLATES)}")
     return template
+
+
+def check_answer_format(answer_format: str) -> str:
+    """Return ``answer_format`` if it is one of ANSWER_FORMATS, else raise ``ValueError``."""
+    if answer_format not in ANSWER_FORMATS:
+        raise ValueError(f"unknown answer format {answer_format!r}; known: {list(ANSWER_FORMATS)}")
+    return answer_format
+
+
+def resolve_answer_format(answer_format: str, template: str) -> str:
+    """``answer_format``, or ``template``'s default one when it is ``"auto"``.
+
+    >>> resolve_answer_format("auto", "boxed"), resolve_answer_format("boxed", "r1")
+    ('boxed', 'boxed')
+    """
+    if answer_format == "auto":
+        return default_answer_format(check_template(template))
+    return check_answer_format(answer_format)
 
 
 def uses_answer_tags(template: str) -> bool:
@@ -107,9 +142,32 @@ def answer_from_final(final: str) -> str | None:
     return answer or None
 
 
-def extract_answer(completion: str, template: str = "r1_zero") -> str | None:
-    """The final answer of a completion, or None (thinking never closed, or no answer)."""
-    check_template(template)
+def boxed_answer(completion: str) -> str | None:
+    """The ``"boxed"`` answer of a completion: the content of its last complete ``\\boxed{}``;
+    with no ``\\boxed`` at all, its last number; cleaned (``clean_answer``). None otherwise.
+
+    >>> boxed_answer("so x = \\\\boxed{\\\\frac{1}{2}}, not \\\\boxed{3")  # the last one is unclosed
+    '\\\\frac{1}{2}'
+    >>> boxed_answer("She pays 1,234 dollars."), boxed_answer("so it is \\\\boxed{12")  # cut short
+    ('1234', None)
+    """
+    boxed = last_boxed(completion)
+    answer = last_number(completion) if boxed is None and _BOXED not in completion else boxed
+    if answer is None:
+        return None
+    return clean_answer(answer) or None
+
+
+def extract_answer(completion: str, template: str = "r1_zero", answer_format: str = "r1") -> str | None:
+    """The final answer of a completion in ``answer_format`` (``"auto"``: ``template``'s), or
+    None. ``"r1"``: after the first ``</think>`` (None when the thinking never closes);
+    ``"boxed"``: ``boxed_answer``.
+
+    >>> extract_answer("2 + 3 = 5, so \\\\boxed{5}.", "boxed", "auto"), extract_answer("\\\\boxed{5}")
+    ('5', None)
+    """
+    if resolve_answer_format(answer_format, check_template(template)) == "boxed":
+        return boxed_answer(completion)
     final = final_part(completion)
     return None if final is None else answer_from_final(final)
 

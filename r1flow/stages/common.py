@@ -214,7 +214,10 @@ def benchmark_digest(problems: list[dict[str, str]], cfg: dict[str, Any], templa
     models' pass@1 compare only under the same digest (the champion rule checks it)."""
     from r1flow.store import digest_json
 
+    from r1flow.rewards.parsing import resolve_answer_format
+
     settings = {k: cfg.get(k) for k in ("k", "temperature", "top_p", "max_new_tokens")}
+    settings["answer_format"] = resolve_answer_format(cfg.get("answer_format", "auto"), template)  # how it was graded
     return digest_json({"problems": problems, "settings": settings, "template": template})
 
 
