@@ -34,8 +34,7 @@ def _setup_env() -> None:
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
         "PREFECT_LOGGING_LOG_PRINTS": "true",
-        "HF_HUB_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
+        "TOKENIZERS_PARALLELISM": "false",  # hub access and offline mode stay the user's environment
     }
     for k, v in defaults.items():
         os.environ.setdefault(k, v)
@@ -56,7 +55,7 @@ def _load(preset: str | None, config: Optional[str], sets: Optional[list[str]]):
 
     try:
         cfg = load_config(preset, config, sets or [])
-        preflight(cfg, Runtime(store_root=cfg.store.root).store_root)
+        cfg = preflight(cfg, Runtime(store_root=cfg.store.root).store_root)  # model sources pinned
     except ConfigError as exc:
         typer.secho(str(exc), fg="red", err=True)
         raise typer.Exit(2)

@@ -66,7 +66,8 @@ class PipelineRun:
                                s3_endpoint_url=config.store.s3_endpoint_url,
                                experiment=config.tracking.experiment, shared=config.shared(),
                                flow_run_url=_flow_run_url())
-        preflight(config, self.runtime.store_root, stages)  # bad input fails before any stage starts
+        # bad input fails before any stage starts; model sources are pinned (hub commit, content digest)
+        self.config = config = preflight(config, self.runtime.store_root, stages)
         self.store = self.runtime.store()
         self._refuse_changed_configs(stages or config.stage_names())
         self.exp_id = self.runtime.experiment_id()

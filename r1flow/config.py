@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from r1flow.data.curate import CurationParams, RejectionParams
+from r1flow.data.sources import SourceSpec
 from r1flow.grpo.params import GRPOParams
 from r1flow.modeling import ModelArch
 from r1flow.train.pretrain import PretrainParams
@@ -94,11 +95,14 @@ class StageSection(Section):
 
 
 class ModelSource(Section):
-    """A model to start from: ``build`` (pretrain a tiny one) or a hub id / path."""
+    """A model to start from: ``build`` (pretrain a tiny one), a hub id, a folder in hub layout or an
+    ``s3://`` mirror in hub layout (``r1flow.loading``)."""
 
-    source: str = Field("build", description="'build', a local path, or a hub id")
-    revision: str | None = Field(None, description="pinned hub revision (commit hash)")
+    source: str = Field("build", description="'build', a hub id (org/name), a local folder or s3://bucket/prefix")
+    revision: str | None = Field(None, description="hub branch, tag or commit (default: main)")
     trust_remote_code: bool = Field(False, description="run the model repo's code (off unless set)")
+    resolved: str | None = Field(None, description="pinned by r1flow when the pipeline starts (the hub commit, or "
+                                 "a digest of the folder's or mirror's files): part of the cache key; not set by hand")
 
 
 class BaseConfig(StageSection):
@@ -132,8 +136,8 @@ class RewardSpec(Section):
 class PromptSource(Section):
     """A prompt set for RL, each with its own reward functions (paper §2.3.4)."""
 
-    source: str = Field("arith", description="'arith', 'nonreasoning' or a problem file: 'gsm8k=PATH', "
-                        "'math500=PATH' or a question/answer JSONL")
+    source: SourceSpec = Field("arith", description="'arith', 'nonreasoning', a problem file ('gsm8k=PATH', "
+                               "'math500=PATH', a question/answer JSONL) or a DataSource (hub, S3, columns)")
     num_prompts: int = Field(2000, gt=0, description="prompts drawn from the source")
     weight: float = Field(1.0, gt=0, description="share of each rollout batch")
     rewards: list[RewardSpec] = Field(default_factory=lambda: [RewardSpec(name="accuracy"),
@@ -170,8 +174,8 @@ class ColdStartConfig(Checkpointed):
 
     sources: list[str] = Field(default_factory=lambda: ["r1_zero"],
                                description="'r1_zero' (sample the R1-Zero model) or JSONL files")
-    prompts: str = Field("arith", description="problems to sample: 'arith' (synthetic) or a problem file, "
-                         "'gsm8k=PATH', 'math500=PATH' or a question/answer JSONL")
+    prompts: SourceSpec = Field("arith", description="problems to sample: 'arith' (synthetic), a problem "
+                                "file ('gsm8k=PATH', 'math500=PATH', question/answer JSONL) or a DataSource")
     num_prompts: int = Field(500, gt=0, description="prompts sampled from the R1-Zero model")
     samples_per_prompt: int = Field(4, gt=0, description="samples per prompt from the R1-Zero model")
     temperature: float = Field(0.8, gt=0, description="sampling temperature for those samples")
@@ -184,8 +188,8 @@ class RejectionConfig(StageSection):
     """Stage 3 (§2.3.3): k samples per prompt from the RL checkpoint, keep correct and clean."""
 
     cache_exclude: ClassVar[set[str]] = StageSection.cache_exclude | {"checkpoint_chunks"}
-    prompts: str = Field("arith", description="problems to sample: 'arith' (synthetic) or a problem file, "
-                         "'gsm8k=PATH', 'math500=PATH' or a question/answer JSONL")
+    prompts: SourceSpec = Field("arith", description="problems to sample: 'arith' (synthetic), a problem "
+                                "file ('gsm8k=PATH', 'math500=PATH', question/answer JSONL) or a DataSource")
     num_prompts: int = Field(500, gt=0, description="reasoning prompts")
     engine: Literal["default", "vllm"] = Field("default", description="sampling engine: 'default' (evaluate.engine) "
                                                "or 'vllm' (offline batches from the saved policy)")
@@ -209,21 +213,46 @@ class SFTConfig(Checkpointed):
 
 
 class RewardModelConfig(StageSection):
-    """A Bradley–Terry reward model for non-reasoning prompts (§2.3.4), trained on synthetic pairs."""
+    """The Bradley–Terry reward model scoring general prompts in final RL (§2.3.4): an existing one
+    (``source``, used as is), or one trained from scratch (tiny presets) or from the pipeline's base,
+    on a preference file or, without one, on synthetic pairs (``r1flow.stages.reward_model``)."""
 
+    source: str | None = Field(None, description="an existing reward model (a one-label "
+                               "AutoModelForSequenceClassification): hub id, folder in hub layout or "
+                               "s3://bucket/prefix, used as is (nothing is trained)")
+    revision: str | None = Field(None, description="source: hub branch, tag or commit (default: main)")
+    trust_remote_code: bool = Field(False, description="source: run the model repo's code (off unless set)")
+    resolved: str | None = Field(None, description="pinned by r1flow when the pipeline starts (hub commit "
+                                 "or content digest); not set by hand")
+    init: Literal["scratch", "base"] = Field("scratch", description="train from scratch on 'arch', or from "
+                                             "the pipeline's base ('base_model') with a new reward head")
+    base_model: Literal["teacher", "student"] = Field("teacher", description="init base: which base model")
+    preferences: str | None = Field(None, description="JSONL of prompt/chosen/rejected rows (optional id); "
+                                    "None: synthetic pairs. eval_pairs of them are held out, by prompt")
     arch: ModelArch = Field(default_factory=lambda: ModelArch(
         hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128))
-    train_pairs: int = Field(2000, gt=0, description="preference pairs to train on")
+    train_pairs: int = Field(2000, gt=0, description="synthetic preference pairs to train on")
     eval_pairs: int = Field(400, gt=0, description="held-out pairs for accuracy")
     train: RewardModelParams = Field(default_factory=RewardModelParams)
-    min_accuracy: float = Field(0.8, ge=0, le=1, description="fail the stage below this held-out accuracy")
+    min_accuracy: float = Field(0.8, ge=0, le=1,
+                                description="fail the stage below this held-out accuracy")
+
+    @model_validator(mode="after")
+    def _coherent(self) -> "RewardModelConfig":
+        if self.source is not None and self.init == "base":
+            raise ValueError("reward_model.init: 'base' trains a reward model from the base, but "
+                             "reward_model.source names one that is used as is; set one of them")
+        for name in ("revision", "resolved", "trust_remote_code"):
+            if self.source is None and getattr(self, name):
+                raise ValueError(f"reward_model.{name} applies to reward_model.source, which is not set")
+        return self
 
 
 class EvalConfig(Section):
     """Paper §3: pass@1 averaged over k samples (T=0.6, top-p 0.95) and cons@k."""
 
-    benchmarks: list[str] = Field(default_factory=lambda: ["arith_heldout"],
-                                  description="'arith_heldout', 'gsm8k=PATH', 'math500=PATH'")
+    benchmarks: list[SourceSpec] = Field(default_factory=lambda: ["arith_heldout"], description=(
+        "'arith_heldout', 'gsm8k=PATH', 'math500=PATH' or a DataSource (hub, S3, columns)"))
     k: int = Field(4, gt=0, description="samples per problem")
     temperature: float = Field(0.6, ge=0, description="sampling temperature")
     top_p: float = Field(0.95, gt=0, le=1, description="nucleus sampling")
@@ -235,6 +264,10 @@ class EvalConfig(Section):
                                                    "the current weights before each evaluation")
     tensor_parallel_size: int = Field(1, ge=1, description="vLLM engines: GPUs one engine spans (tensor parallel); "
                                       "data parallel is launch.shards")
+    answer_format: Literal["auto", "r1", "boxed"] = Field(
+        "auto", description="where answers are graded: 'r1' after </think>, 'boxed' the completion's last "
+        "\\boxed{} (plain chain-of-thought models, as their published pass@1 is graded); 'auto' = the "
+        "template's default (r1_zero, r1 -> 'r1'; boxed -> 'boxed')")
 
 
 class EvaluationConfig(StageSection):
@@ -242,8 +275,9 @@ class EvaluationConfig(StageSection):
 
     which: Literal["teacher", "student"] = Field("teacher", description="the base artifact's model to "
                                                  "evaluate (artifacts holding one model/ ignore it)")
-    template: Literal["r1_zero", "r1"] | None = Field(None, description="prompt template; default: the one "
-                                                     "the model's own stage evaluated with")
+    template: Literal["r1_zero", "r1", "boxed"] | None = Field(
+        None, description="prompt template; default: the one the model's own stage evaluated with; "
+        "'boxed': a hub model's plain chain of thought (graded on its last \\boxed{})")
 
 
 class StoreConfig(Section):

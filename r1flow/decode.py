@@ -23,15 +23,29 @@ from r1flow.attention import use_native_gqa
 from r1flow.engine import HFEngine, Rollouts, assemble_rollouts, check_generate_args, left_pad, seeded
 
 
+NUCLEUS_CANDIDATES = 1024  # a real vocabulary (152k) is sorted only when the nucleus is wider than this
+
+
 def nucleus_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     """Set to -inf every logit outside the smallest set whose probability reaches ``top_p``
     (the most likely token always stays), as transformers' ``TopPLogitsWarper`` does.
+
+    A trained model's nucleus is a few hundred tokens at most: over a real vocabulary the top
+    ``NUCLEUS_CANDIDATES`` are found first (``topk``), and the full sort — 0.3 s per step for 16
+    rows of Qwen2.5's 152k vocabulary on two CPU cores — runs only when some row's nucleus is wider.
 
     >>> nucleus_filter(torch.log(torch.tensor([[0.5, 0.3, 0.2]])), 0.7).isinf().tolist()
     [[False, False, True]]
     """
     if top_p >= 1.0:
         return logits
+    if logits.size(-1) > NUCLEUS_CANDIDATES:
+        top, order = logits.topk(NUCLEUS_CANDIDATES, dim=-1)  # [B, K], descending
+        probs = (top - logits.logsumexp(dim=-1, keepdim=True)).exp()  # [B, K]: probabilities of the whole row
+        cumulative = probs.cumsum(dim=-1)
+        if bool((cumulative[:, -1] >= top_p).all()):  # every row's nucleus ends inside the candidates
+            kept = top.masked_fill(cumulative - probs >= top_p, float("-inf"))
+            return torch.full_like(logits, float("-inf")).scatter(-1, order, kept)
     sorted_logits, order = logits.sort(dim=-1, descending=True)  # [B, V]
     cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
     drop_sorted = cumulative - sorted_logits.softmax(dim=-1) >= top_p  # mass before this token already ≥ p
@@ -52,7 +66,8 @@ class DecodeEngine(HFEngine):
         use_native_gqa(model)
 
     def generate(self, prompts: list[str], *, n: int, max_new_tokens: int, temperature: float,
-                 top_p: float = 1.0, seed: int | None = None, suppress_eos: bool = False) -> Rollouts:
+                 top_p: float = 1.0, seed: int | None = None, suppress_eos: bool = False,
+                 stop: tuple[str, ...] = ()) -> Rollouts:
         check_generate_args(prompts, n, max_new_tokens, temperature, top_p)
         encoded = self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
         if not all(encoded):
@@ -66,16 +81,18 @@ class DecodeEngine(HFEngine):
                 for start in range(0, len(encoded), per_call):
                     ids, mask = left_pad(encoded[start:start + per_call], self.pad_id)
                     completion_parts.append(self._sample(ids, mask, n, max_new_tokens, temperature, top_p,
-                                                         suppress_eos))
+                                                         suppress_eos, stop))
                     prompt_parts.append((ids.repeat_interleave(n, dim=0), mask.repeat_interleave(n, dim=0)))
         finally:
             self.model.train(was_training)
         rows = [i for i in range(len(prompts)) for _ in range(n)]
-        return assemble_rollouts(prompt_parts, completion_parts, rows, self.tokenizer, self.pad_id, self.eos_ids)
+        return assemble_rollouts(prompt_parts, completion_parts, rows, self.tokenizer, self.pad_id, self.eos_ids,
+                                 stop)
 
     def _sample(self, ids: torch.Tensor, mask: torch.Tensor, n: int, max_new_tokens: int,
-                temperature: float, top_p: float, suppress_eos: bool) -> torch.Tensor:
-        """Completion ids [B·n, ≤max_new_tokens] for prompts ``ids`` [B, P], ``n`` samples each."""
+                temperature: float, top_p: float, suppress_eos: bool, stop: tuple[str, ...] = ()) -> torch.Tensor:
+        """Completion ids [B·n, ≤max_new_tokens] for prompts ``ids`` [B, P], ``n`` samples each; a row
+        is done at EOS or once its text holds a ``stop`` string (the exact cut is ``assemble_rollouts``')."""
         device = self.model.device
         ids, mask = ids.to(device), mask.to(device)
         positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
@@ -95,6 +112,8 @@ class DecodeEngine(HFEngine):
             token = token.masked_fill(done, self.pad_id)
             tokens.append(token)
             done |= torch.isin(token, eos)
+            if stop:
+                done |= self._stopped(tokens, done, stop)
             if step + 1 == max_new_tokens or bool(done.all()):
                 break
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
@@ -102,6 +121,31 @@ class DecodeEngine(HFEngine):
                              past_key_values=cache, use_cache=True)
             cache, logits, next_pos = out.past_key_values, out.logits[:, -1, :], next_pos + 1
         return torch.stack(tokens, dim=1).cpu()
+
+    def _stopped(self, tokens: list[torch.Tensor], done: torch.Tensor, stop: tuple[str, ...]) -> torch.Tensor:
+        """Rows whose newest tokens complete a stop string. Only rows whose last token can end one
+        (it holds the stop strings' last character) are decoded: one cheap test per step."""
+        ends = self._stop_enders(stop, tokens[-1].device)
+        hit = ends[tokens[-1].clamp(max=ends.numel() - 1)] & ~done  # [B·n]
+        found = torch.zeros_like(done)
+        if bool(hit.any()):
+            window = torch.stack(tokens[-max(len(s) for s in stop):], dim=1)  # a token holds ≥ 1 character
+            for row in hit.nonzero().flatten().tolist():
+                text = self.tokenizer.decode(window[row].tolist(), skip_special_tokens=True)
+                found[row] = any(s in text for s in stop)
+        return found
+
+    def _stop_enders(self, stop: tuple[str, ...], device: torch.device) -> torch.Tensor:
+        """[V] True for token ids whose text holds the last character of some stop string (cached)."""
+        cache = self.__dict__.setdefault("_enders", {})
+        if stop not in cache:
+            last = {s[-1] for s in stop}
+            size = max(len(self.tokenizer), int(getattr(self.model.config, "vocab_size", 0)))
+            ends = torch.zeros(size, dtype=torch.bool)
+            for i, text in enumerate(self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer))))):
+                ends[i] = bool(text) and any(c in text for c in last)
+            cache[stop] = ends.to(device)
+        return cache[stop]
 
     @staticmethod
     def _pick(logits: torch.Tensor, temperature: float, top_p: float, banned: torch.Tensor | None) -> torch.Tensor:

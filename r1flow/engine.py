@@ -10,8 +10,9 @@ Contract of ``Rollouts`` (tensors on CPU, every engine alike):
 - ``prompt_ids`` are LEFT-padded, ``completion_ids`` right-padded with the pad token;
 - ``completion_mask`` is 1 up to and including the first EOS (the EOS token is part of the
   action the policy took, so its log-prob is trained), 0 after it;
-- ``finish_reasons[j]`` is ``"stop"`` when row ``j`` produced an EOS, ``"length"`` when it was
-  cut at ``max_new_tokens``.
+- ``finish_reasons[j]`` is ``"stop"`` when row ``j`` produced an EOS or a stop string (``stop``:
+  the completion ends with the token that completes it, e.g. ``</answer>`` for R1-Zero),
+  ``"length"`` when it was cut at ``max_new_tokens``.
 
 ``HFEngine`` pins every sampling knob it is given and neutralises the others (top-k, repetition
 penalty, ...) so a checkpoint's own ``generation_config.json`` cannot silently change the
@@ -49,8 +50,8 @@ class Rollouts:
 
 class GenerationEngine(Protocol):
     def generate(self, prompts: list[str], *, n: int, max_new_tokens: int, temperature: float,
-                 top_p: float = 1.0, seed: int | None = None,
-                 suppress_eos: bool = False) -> Rollouts: ...
+                 top_p: float = 1.0, seed: int | None = None, suppress_eos: bool = False,
+                 stop: tuple[str, ...] = ()) -> Rollouts: ...
 
     def sync_weights(self, model) -> None: ...
 
@@ -86,14 +87,16 @@ class HFEngine:
         self.model = model
 
     def generate(self, prompts: list[str], *, n: int, max_new_tokens: int, temperature: float,
-                 top_p: float = 1.0, seed: int | None = None,
-                 suppress_eos: bool = False) -> Rollouts:
+                 top_p: float = 1.0, seed: int | None = None, suppress_eos: bool = False,
+                 stop: tuple[str, ...] = ()) -> Rollouts:
         check_generate_args(prompts, n, max_new_tokens, temperature, top_p)
         encoded = self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
         if not all(encoded):
             raise ValueError(f"prompt {[bool(e) for e in encoded].index(False)} is empty after tokenization")
         rows = [i for i in range(len(prompts)) for _ in range(n)]
         gen_kwargs = self._generation_kwargs(max_new_tokens, temperature, top_p, suppress_eos)
+        if stop:
+            gen_kwargs.update(stop_strings=list(stop), tokenizer=self.tokenizer)
         device = self.model.device
         prompt_parts, completion_parts = [], []
         was_training = self.model.training
@@ -109,7 +112,8 @@ class HFEngine:
                     completion_parts.append(out[:, ids.shape[1]:].cpu())
         finally:
             self.model.train(was_training)
-        return assemble_rollouts(prompt_parts, completion_parts, rows, self.tokenizer, self.pad_id, self.eos_ids)
+        return assemble_rollouts(prompt_parts, completion_parts, rows, self.tokenizer, self.pad_id, self.eos_ids,
+                                 stop)
 
     def _generation_kwargs(self, max_new_tokens: int, temperature: float, top_p: float,
                            suppress_eos: bool) -> dict:
@@ -140,12 +144,19 @@ def completion_mask_and_stops(completion_ids: torch.Tensor, eos_ids: list[int]
 
 
 def assemble_rollouts(prompt_parts: list[tuple[torch.Tensor, torch.Tensor]], completion_parts: list[torch.Tensor],
-                      prompt_index: list[int], tokenizer, pad_id: int, eos_ids: list[int]) -> Rollouts:
+                      prompt_index: list[int], tokenizer, pad_id: int, eos_ids: list[int],
+                      stop: tuple[str, ...] = ()) -> Rollouts:
     """``Rollouts`` from per-call (left-padded prompt ids, mask) and raw completion ids: pads
-    them to one width, masks and pads everything after each row's first EOS, decodes."""
+    them to one width, masks and pads everything after each row's first EOS or the token that
+    completes a ``stop`` string, decodes."""
     prompt_ids, prompt_mask = _concat_left_padded(prompt_parts, pad_id)
     completion_ids = _concat_right_padded(completion_parts, pad_id)
     completion_mask, stopped = completion_mask_and_stops(completion_ids, eos_ids)
+    for row, length in enumerate(completion_mask.sum(dim=1).tolist() if stop else []):
+        cut = stop_cut(completion_ids[row, :length].tolist(), tokenizer, stop)
+        if cut is not None:
+            completion_mask[row, cut:] = 0
+            stopped[row] = True
     completion_ids = completion_ids.masked_fill(completion_mask == 0, pad_id)
     lengths = completion_mask.sum(dim=1).tolist()
     texts = tokenizer.batch_decode(
@@ -154,6 +165,22 @@ def assemble_rollouts(prompt_parts: list[tuple[torch.Tensor, torch.Tensor]], com
                     completion_mask=completion_mask, texts=texts,
                     finish_reasons=["stop" if s else "length" for s in stopped.tolist()],
                     prompt_index=prompt_index)
+
+
+def stop_cut(ids: list[int], tokenizer, stop: tuple[str, ...]) -> int | None:
+    """How many of ``ids`` a completion keeps when it ends at the first ``stop`` string: up to the
+    token that completes it (bisected over decoded prefixes); None when no stop string occurs."""
+    def has_stop(k: int) -> bool:
+        text = tokenizer.decode(ids[:k], skip_special_tokens=True)
+        return any(s in text for s in stop)
+
+    if not ids or not has_stop(len(ids)):
+        return None
+    low, high = 1, len(ids)
+    while low < high:
+        mid = (low + high) // 2
+        low, high = (low, mid) if has_stop(mid) else (mid + 1, high)
+    return low
 
 
 def make_engine(kind: str, model, tokenizer, **kw) -> GenerationEngine:

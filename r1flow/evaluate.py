@@ -54,7 +54,7 @@ from r1flow.rewards import (
     split_completion,
 )
 from r1flow.rewards.parsing import clean_answer, last_number, resolve_answer_format
-from r1flow.templates import render_prompt
+from r1flow.templates import render_prompt, stop_strings
 from r1flow.tracking import NullTracker, Tracker
 
 _DECIMAL = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)")
@@ -164,7 +164,7 @@ def evaluate_model(engine: GenerationEngine, problems: list[dict[str, str]], *, 
     def generate(call: int, start: int) -> list[dict[str, Any]]:
         rollouts = engine.generate([render_prompt(p["question"], template) for p in problems[start:start + batch_size]],
                                    n=k, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                                   seed=None if seed is None else seed + call)
+                                   seed=None if seed is None else seed + call, stop=stop_strings(template))
         return [{"problem": p, "completion": t, "finish_reason": f, "length": int(n)} for p, t, f, n in zip(
             rollouts.prompt_index, rollouts.texts, rollouts.finish_reasons, rollouts.completion_lengths.tolist())]
 

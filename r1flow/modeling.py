@@ -107,23 +107,19 @@ def load_model(path: str, *, revision: str | None = None, trust_remote_code: boo
                dtype: str = "float32"):
     """Load (model, tokenizer) from a local folder or a hub id; fails clearly if a path is missing.
 
-    The tokenizer is set up for batched generation: left padding, a pad token.
+    The tokenizer is set up for batched generation (``r1flow.loading.load_tokenizer``): left
+    padding, an eos and a pad token even where the checkpoint names none (Llama-style folders).
     """
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    looks_local = path.startswith((".", "/", "~")) or os.sep in path and not _looks_like_hub_id(path)
-    if looks_local and not Path(path).expanduser().exists():
+    from r1flow.loading import load_tokenizer, source_kind
+
+    if source_kind(path) == "local" and not Path(path).expanduser().exists():
         raise FileNotFoundError(f"model path does not exist: {path}")
     kwargs = dict(revision=revision, trust_remote_code=trust_remote_code)
-    tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+    tokenizer = load_tokenizer(path, **kwargs)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), **kwargs)
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
-
-
-def _looks_like_hub_id(path: str) -> bool:
-    parts = path.split("/")
-    return len(parts) == 2 and all(parts) and not Path(path).exists() and not path.startswith(".")

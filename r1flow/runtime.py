@@ -66,8 +66,11 @@ class Runtime(BaseModel):
         return dict(self.shared)
 
     def stage_env(self) -> dict[str, str]:
+        """What a stage process gets on top of the worker's environment. Hub access (HF_TOKEN,
+        HF_ENDPOINT, HF_HOME, HF_HUB_OFFLINE) is the user's environment, passed through untouched:
+        forcing offline mode here kept every hub source from downloading on a GPU worker."""
         threads = str(self.shared.get("threads", 2))
-        return {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1",
+        return {"TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1",
                 "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
                 "TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
                 "R1FLOW_HOME": str(self.home)}

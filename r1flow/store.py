@@ -245,6 +245,19 @@ class Store(ABC):
         found = [p.rpartition("/")[0] for p in self._sizes(base) if p.rpartition("/")[2] == MANIFEST]
         return sorted(_join(base, p) for p in found if not any(s.startswith(".") for s in p.split("/")))
 
+    def files(self, prefix: str = "") -> dict[str, int]:
+        """Every file under ``prefix`` (relative path -> size), manifest or not: a folder another
+        tool wrote, such as a model mirrored in hub layout (``r1flow.loading``)."""
+        return self._sizes(self._key(prefix))
+
+    def get_files(self, prefix: str, names: list[str], local_dir: str | Path) -> Path:
+        """Download ``names`` (from ``files(prefix)``) into ``local_dir``, keeping their subfolders."""
+        local_dir = Path(local_dir)
+        for name in names:
+            (local_dir / name).parent.mkdir(parents=True, exist_ok=True)
+            self._download(_join(self._key(prefix), name), local_dir / name)
+        return local_dir
+
     def read_json(self, key: str) -> Any:
         return json.loads(self._read(self._key(key)))
 

@@ -59,6 +59,20 @@ def render_prompt(prompt: str, template: str) -> str:
     return TEMPLATES[_known(template)].format(prompt=prompt)
 
 
+STOPS = {"r1_zero": ("</answer>",)}
+"""Where a completion ends besides EOS: a base model that closed ``<answer>`` would otherwise go on
+writing (another "User:" turn), and the R1-Zero format reward wants nothing after ``</answer>``."""
+
+
+def stop_strings(template: str) -> tuple[str, ...]:
+    """Text that ends a completion of ``template`` (kept in it), besides the model's EOS.
+
+    >>> stop_strings("r1_zero"), stop_strings("r1")
+    (('</answer>',), ())
+    """
+    return STOPS.get(template, ())
+
+
 def prefills_think(template: str) -> bool:
     """True when the template itself opens ``<think>`` (so completions lack the opening tag)."""
     return TEMPLATES[template].rstrip().endswith("<think>")

@@ -73,7 +73,8 @@ class VLLMEngine:
         self.sleeping, self.colocated = False, sleep_mode
 
     def generate(self, prompts: list[str], *, n: int, max_new_tokens: int, temperature: float,
-                 top_p: float = 1.0, seed: int | None = None, suppress_eos: bool = False) -> Rollouts:
+                 top_p: float = 1.0, seed: int | None = None, suppress_eos: bool = False,
+                 stop: tuple[str, ...] = ()) -> Rollouts:
         """``n`` samples per prompt; request ``i`` is seeded ``seed + i·n`` (vLLM seeds its sample ``j``
         with ``seed + i·n + j``), so the same call gives the same samples (tested on CPU; a different
         batch composition may still change them through batched kernels)."""
@@ -87,7 +88,8 @@ class VLLMEngine:
         params = [SamplingParams(n=n, temperature=temperature, top_p=top_p,
                                  max_tokens=max_new_tokens, min_tokens=max_new_tokens if suppress_eos else 0,
                                  ignore_eos=suppress_eos, seed=None if seed is None else seed + i * n,
-                                 detokenize=False, stop_token_ids=self.eos_ids)
+                                 detokenize=bool(stop), stop_token_ids=self.eos_ids, stop=list(stop) or None,
+                                 include_stop_str_in_output=True)
                   for i in range(len(prompts))]
         outputs = self.llm.generate(requests, params, use_tqdm=False)
         rows = [i for i in range(len(prompts)) for _ in range(n)]
@@ -97,7 +99,7 @@ class VLLMEngine:
         for r, c in enumerate(completions):
             ids[r, :len(c)] = torch.tensor(c, dtype=torch.long)
         out = assemble_rollouts([left_pad([encoded[i] for i in rows], self.pad_id)], [ids], rows,
-                                self.tokenizer, self.pad_id, self.eos_ids)
+                                self.tokenizer, self.pad_id, self.eos_ids, stop)
         for r, c in enumerate(completions):  # a row vLLM cut short (max_model_len) without an EOS:
             out.completion_mask[r, len(c):] = 0  # its padding is not an action
         if self.colocated:  # the trainer gets the GPU memory back until the next sync

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -14,7 +17,12 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = Path(os.environ.get("R1FLOW_SHARED_DATA", REPO.parent / "shared" / "data"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# a hub cache of the session's own, set before anything imports huggingface_hub (which reads it once):
+# the ``hub_cache`` fixture fills it with small random-weight models on real configs and tokenizers
+os.environ["HF_HUB_CACHE"] = tempfile.mkdtemp(prefix="r1flow-hub-cache-")
+atexit.register(shutil.rmtree, os.environ["HF_HUB_CACHE"], ignore_errors=True)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "90"
@@ -121,3 +129,55 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+HUB_MODELS = {  # hub id -> (folder in shared/data/hub, shrunk shape): the real vocabulary and special tokens
+    "Qwen/Qwen2.5-Math-1.5B": "Qwen--Qwen2.5-Math-1.5B",
+    "Qwen/Qwen2.5-0.5B": "Qwen--Qwen2.5-0.5B",
+    "deepseek-ai/DeepSeek-R1-Distill-Qwen-32B": "deepseek-ai--DeepSeek-R1-Distill-Qwen-32B",
+    "HuggingFaceTB/SmolLM2-135M-Instruct": "HuggingFaceTB--SmolLM2-135M-Instruct",
+}
+
+
+def shrunk_model_folder(hub_folder: Path, dest: Path, seed: int = 0) -> Path:
+    """A random-weight causal LM on a real config, shrunk (2 layers, width 64, one KV head) with
+    the real vocabulary, special-token ids and tokenizer files: what a hub checkpoint looks like
+    to r1flow, at a size a CPU test can train."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    import json
+
+    values = json.loads((hub_folder / "config.json").read_text())
+    values.update(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                  intermediate_size=128, head_dim=32, max_window_layers=2)
+    dest.mkdir(parents=True)
+    (dest / "config.json").write_text(json.dumps(values))
+    config = AutoConfig.from_pretrained(dest)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config)
+    model.save_pretrained(dest)
+    for f in hub_folder.iterdir():
+        if f.name not in ("config.json", "LICENSE"):
+            shutil.copy(f, dest / f.name)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def hub_cache() -> Path:
+    """``HF_HUB_CACHE`` filled in hub layout (``models--org--name/snapshots/<sha>`` + ``refs/main``)
+    with ``HUB_MODELS``: hub ids resolve offline exactly as they would after a download."""
+    import hashlib
+
+    if not SHARED_DATA.joinpath("hub").is_dir():
+        pytest.skip(f"the real hub configs and tokenizers are not here: {SHARED_DATA / 'hub'}")
+    cache = Path(os.environ["HF_HUB_CACHE"])
+    for repo, folder in HUB_MODELS.items():
+        root = cache / f"models--{repo.replace('/', '--')}"
+        if root.is_dir():
+            continue
+        sha = hashlib.sha1(repo.encode()).hexdigest()
+        shrunk_model_folder(SHARED_DATA / "hub" / folder, root / "snapshots" / sha)
+        (root / "refs").mkdir()
+        (root / "refs" / "main").write_text(sha)
+    return cache

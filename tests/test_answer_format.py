@@ -211,7 +211,8 @@ class BoxedGoldEngine:
         self.calls = 0
 
     def generate(self, prompts: list[str], *, n: int, max_new_tokens: int, temperature: float,
-                 top_p: float = 1.0, seed: int | None = None, suppress_eos: bool = False) -> Rollouts:
+                 top_p: float = 1.0, seed: int | None = None, suppress_eos: bool = False,
+                 stop: tuple[str, ...] = ()) -> Rollouts:
         self.calls += 1
         texts = [self.completions[p] for p in prompts for _ in range(n)]
         ones = torch.ones(len(texts), LENGTH, dtype=torch.long)

@@ -123,6 +123,22 @@ def test_nucleus_filter_matches_transformers_top_p():
     assert nucleus_filter(logits, 1.0) is logits
 
 
+def test_nucleus_filter_over_a_real_vocabulary_matches_transformers():
+    """Qwen2.5's 151,936 logits: peaked rows (a trained model) go through the top-k candidates and
+    keep exactly transformers' tokens; flat rows (a random model) take the full sort, where float
+    sums over 150k terms may move the boundary by a token or two."""
+    noise = torch.randn(4, 151_936, generator=torch.Generator().manual_seed(1))
+    for top_p in (0.5, 0.95):
+        peaked = noise * 12
+        ours = nucleus_filter(peaked, top_p)
+        assert torch.equal(ours.isinf(), TopPLogitsWarper(top_p)(None, peaked.clone()).isinf())
+        assert torch.equal(ours[~ours.isinf()], peaked[~ours.isinf()])
+        flat = noise * 0.1
+        kept = (~nucleus_filter(flat, top_p).isinf()).sum(-1)
+        theirs = (~TopPLogitsWarper(top_p)(None, flat.clone()).isinf()).sum(-1)
+        assert (kept - theirs).abs().max() <= 2 and kept.min() > 1024  # wider than the candidates
+
+
 def test_make_engine_names_the_torch_engine(model, tokenizer):
     assert isinstance(make_engine("torch", model, tokenizer), DecodeEngine)
     with pytest.raises(ValueError, match="'torch', 'hf'"):

@@ -30,7 +30,8 @@ def test_every_preset_loads_and_the_real_ones_exist():
 
 @needs_shared
 @pytest.mark.parametrize("preset", REAL)
-def test_real_presets_keep_the_papers_settings_and_pass_preflight(preset, tmp_path):
+def test_real_presets_keep_the_papers_settings_and_pass_preflight(preset, tmp_path, hub_cache):
+    from r1flow.config import ConfigError
     from r1flow.preflight import preflight
 
     c = load_config(preset)
@@ -44,7 +45,15 @@ def test_real_presets_keep_the_papers_settings_and_pass_preflight(preset, tmp_pa
     assert c.sft.train.epochs == 2 and c.distill.model == "student"
     assert {b.split("=")[0] for b in c.evaluate.benchmarks} == {"gsm8k", "math500"}
     assert {r.name for r in c.reasoning_rl.prompts[0].rewards} == {"accuracy", "format", "language"}
-    preflight(on_shared_data(preset), str(tmp_path / "store"))
+    cached = {p.name.removeprefix("models--").replace("--", "/") for p in hub_cache.iterdir()}
+    missing = [f"base.{r}" for r in ("teacher", "student") if getattr(c.base, r).source not in cached]
+    stages = tuple(s for s in c.stage_names() if s != "base" or not missing)
+    pinned = preflight(on_shared_data(preset), str(tmp_path / "store"), stages)
+    if missing:  # offline, a hub id outside the cache is refused by name before anything runs
+        with pytest.raises(ConfigError, match=f"{missing[0]}.source: .*not in the hub cache"):
+            preflight(on_shared_data(preset), str(tmp_path / "store"))
+    else:
+        assert pinned.base.teacher.resolved and pinned.base.student.resolved
     assert all(v > 1e8 for v in model_params(c).values())
 
 

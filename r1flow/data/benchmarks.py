@@ -11,17 +11,25 @@ how to turn the stored answer into the gold string. Malformed files fail with a 
   removed (``#### 2,125`` -> ``2125``).
 - ``math500``: ``problem`` / ``answer`` (LaTeX, kept as is), id from ``unique_id``.
 - ``plain``: ``question`` / ``answer`` as they are (CMATH, files written by r1flow).
+- ``boxed``: ``problem`` / ``solution``, gold = the last ``\\boxed{}`` of the solution (MATH, NuminaMath).
+
+A problem set on the hub, in S3, or with other column names is a ``DataSource`` (or its dict form, as
+stages get configs): ``load_benchmark`` and ``benchmark_name`` take it too (``r1flow.data.sources``).
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Any
 
 from r1flow.data.io import DatasetError, jsonl_lines, parse_row
+
+if TYPE_CHECKING:
+    from r1flow.data.sources import DataSource
 
 ARITH_HELDOUT = "arith_heldout"
 
@@ -48,19 +56,41 @@ def _as_is(answer: str, where: str) -> str:
     return answer.strip()
 
 
+def _boxed_gold(solution: str, where: str) -> str:
+    from r1flow.rewards.parsing import last_boxed
+
+    gold = last_boxed(solution)
+    if gold is None or not gold.strip():
+        raise DatasetError(f"{where}: no complete non-empty \\boxed{{}} in the solution")
+    return gold.strip()
+
+
 FORMATS: dict[str, BenchmarkFormat] = {
     "gsm8k": BenchmarkFormat("question", "answer", _gsm8k_gold),
     "math500": BenchmarkFormat("problem", "answer", _as_is),
     "plain": BenchmarkFormat("question", "answer", _as_is),
+    "boxed": BenchmarkFormat("problem", "solution", _boxed_gold),
 }
 
 
-def load_benchmark(name_or_path: str | os.PathLike[str], fmt: str | None = None) -> list[dict[str, str]]:
-    """Rows ``{"id", "question", "answer"}`` of ``"arith_heldout"``, ``"FORMAT=PATH"`` or a path.
+def _is_source(spec: Any) -> bool:
+    from r1flow.data.sources import DataSource
+
+    return isinstance(spec, (DataSource, Mapping))
+
+
+def load_benchmark(name_or_path: str | os.PathLike[str] | DataSource | Mapping[str, Any],
+                   fmt: str | None = None) -> list[dict[str, str]]:
+    """Rows ``{"id", "question", "answer"}`` of ``"arith_heldout"``, ``"FORMAT=PATH"``, a path, or a
+    ``DataSource`` / its dict form (``r1flow.data.sources.load_source``; ``fmt`` does not apply).
 
     The format (one of ``FORMATS``) comes from ``fmt``, else a ``gsm8k=`` style prefix, else the
     file's first row (``problem`` -> math500; an answer with ``####`` -> gsm8k; otherwise plain).
     """
+    if _is_source(name_or_path):
+        from r1flow.data.sources import load_source
+
+        return load_source(name_or_path)
     if str(name_or_path) == ARITH_HELDOUT:
         from r1flow.data.arith import load_heldout
 
@@ -100,8 +130,13 @@ def split_spec(spec: str | os.PathLike[str]) -> tuple[str | None, Path]:
     return None, Path(spec)
 
 
-def benchmark_name(name_or_path: str | os.PathLike[str]) -> str:
-    """A short metric-safe name: ``arith_heldout``, or ``<folder>_<stem>`` (``gsm8k_test``)."""
+def benchmark_name(name_or_path: str | os.PathLike[str] | DataSource | Mapping[str, Any]) -> str:
+    """A short metric-safe name: ``arith_heldout``, or ``<folder>_<stem>`` (``gsm8k_test``); a
+    ``DataSource``: ``r1flow.data.sources.source_name`` (hub: ``gsm8k_main_test``)."""
+    if _is_source(name_or_path):
+        from r1flow.data.sources import source_name
+
+        return source_name(name_or_path)
     if str(name_or_path) == ARITH_HELDOUT:
         return ARITH_HELDOUT
     path = split_spec(name_or_path)[1]

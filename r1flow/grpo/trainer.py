@@ -233,13 +233,14 @@ def _sample_rows(step: int, prompts: list[dict], rollouts: Rollouts, rewards: Te
 def train_grpo(model, tokenizer, prompts: list[dict], reward_fns: list[RewardSpec], params: GRPOParams,
                tracker: Tracker | None = None, *, engine: GenerationEngine | None = None, ref_model=None,
                on_step: Callable[[int, GRPOState], None] | None = None,
-               checkpoints: Checkpointer | None = None) -> dict[str, float]:
+               checkpoints: Checkpointer | None = None, stop: tuple[str, ...] = ()) -> dict[str, float]:
     """Train ``model`` in place with GRPO on ``prompts`` (``{"prompt", "gold", "source"}``, prompt
     already rendered); returns a summary: steps, optimizer steps, first and last mean reward, runtime.
 
     With ``checkpoints``, the loop first continues from the newest complete checkpoint, if any
     (the reference model, when there is one, is taken before: it stays the starting policy), and
-    saves one every ``checkpoints.every`` steps.
+    saves one every ``checkpoints.every`` steps. ``stop``: strings that end a completion besides EOS
+    (the template's, ``r1flow.templates.stop_strings``).
     """
     if not prompts:
         raise ValueError("train_grpo needs at least one prompt")
@@ -272,7 +273,7 @@ def train_grpo(model, tokenizer, prompts: list[dict], reward_fns: list[RewardSpe
         with clock("generate"):
             rollouts = engine.generate([p["prompt"] for p in chosen], n=group,
                                        max_new_tokens=params.max_new_tokens, temperature=params.temperature,
-                                       top_p=params.top_p, seed=rollout_seed(params.seed, step, rank))
+                                       top_p=params.top_p, seed=rollout_seed(params.seed, step, rank), stop=stop)
         rows = [chosen[i] for i in rollouts.prompt_index]
         with clock("reward"):
             scores = score_batch(reward_fns, [p["prompt"] for p in rows], rollouts.texts,

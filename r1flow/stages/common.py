@@ -51,7 +51,7 @@ def load_policy(artifact: Path, ctx: StageContext, which: str = "teacher", *, fr
     from r1flow.modeling import load_model
     from r1flow.precision import autocast_forwards, compute_dtype, freeze
 
-    where = model_location(artifact, which)
+    where = model_location(artifact, which, ctx)
     model, tok = load_model(where["model_path"], revision=where.get("revision"),
                             trust_remote_code=where.get("trust_remote_code", False))
     ctx.sources[id(model)] = where  # where a vLLM engine for this model starts from
@@ -89,22 +89,35 @@ def _saved_for_vllm(ctx: StageContext, model, tokenizer) -> Path:
     return save_model(model, tokenizer, Path(folder))
 
 
-def model_location(artifact: Path, which: str = "teacher") -> dict[str, Any]:
-    """Where an engine that loads by itself (vLLM) finds the model: the folder, or the hub id (with
-    its pinned revision and remote-code setting) a real base's ``source.json`` names."""
+def model_location(artifact: Path, which: str = "teacher", ctx: StageContext | None = None) -> dict[str, Any]:
+    """Where the model of an artifact loads from (``r1flow.loading``): its folder, or what a real
+    base's ``source.json`` names — a hub id at its pinned commit, a folder, or the local copy of an
+    ``s3://`` mirror — with the remote-code setting. Engines that load by themselves (vLLM) use it too."""
+    from r1flow.loading import local_path, revision_of
+
     folder = model_dir(artifact, which)
     source = folder / "source.json"
     if not source.exists():
         return {"model_path": str(folder)}
     spec = json.loads(source.read_text())
-    return {"model_path": spec["source"], "revision": spec.get("revision"),
+    endpoint = ctx.spec.s3_endpoint_url if ctx is not None else None
+    return {"model_path": local_path(spec, s3_endpoint_url=endpoint), "revision": revision_of(spec),
             "trust_remote_code": bool(spec.get("trust_remote_code", False))}
+
+
+def load_tokenizer_of(artifact: Path, ctx: StageContext, which: str = "teacher"):
+    """The tokenizer of an artifact's model, wherever the model lives (``model_location``)."""
+    from r1flow.loading import load_tokenizer
+
+    where = model_location(artifact, which, ctx)
+    return load_tokenizer(where["model_path"], revision=where.get("revision"),
+                          trust_remote_code=where.get("trust_remote_code", False))
 
 
 def vllm_engine_kw(ctx: StageContext, artifact: Path, which: str = "teacher") -> dict[str, Any]:
     """What ``make_engine("vllm", …)`` needs beyond the model object: where vLLM loads the policy
     from, and the stage's dtype."""
-    return {**model_location(artifact, which), **_vllm_settings(ctx)}
+    return {**model_location(artifact, which, ctx), **_vllm_settings(ctx)}
 
 
 def _vllm_settings(ctx: StageContext) -> dict[str, Any]:
@@ -276,7 +289,7 @@ def sample_rows(model, tokenizer, problems: list[dict[str, str]], *, template: s
     ``on_chunk(i + 1)`` runs after chunk i (fault injection in tests)."""
     from r1flow.chunks import owned_chunks
     from r1flow.engine import make_engine
-    from r1flow.templates import render_prompt
+    from r1flow.templates import render_prompt, stop_strings
 
     engine = make_engine(engine, model, tokenizer, batch_size=batch_size, **(engine_kw or {}))
     per_call = chunk_prompts or max(1, batch_size // k)
@@ -284,7 +297,8 @@ def sample_rows(model, tokenizer, problems: list[dict[str, str]], *, template: s
     def generate(call: int, start: int) -> list[dict[str, Any]]:
         chunk = problems[start:start + per_call]
         out = engine.generate([render_prompt(p["question"], template) for p in chunk], n=k,
-                              max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed + call)
+                              max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed + call,
+                              stop=stop_strings(template))
         return [{"question": chunk[i]["question"], "answer": str(chunk[i]["answer"]), "completion": text,
                  "finish_reason": out.finish_reasons[j], "template": template}
                 for j, (i, text) in enumerate(zip(out.prompt_index, out.texts))]

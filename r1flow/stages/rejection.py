@@ -38,7 +38,7 @@ def run(ctx: StageContext) -> None:
     seed = int(ctx.runtime.get("seed", 0))
     model, tokenizer = load_policy(ctx.inputs["policy"], ctx)
     prompts = problems(ctx, cfg.prompts, cfg.num_prompts, seed + 202)
-    ctx.tracker.log_dataset("prompts", prompts, context="generation", source=cfg.prompts)
+    ctx.tracker.log_dataset("prompts", prompts, context="generation", source=str(cfg.prompts))
     chunks = ctx.chunk_log() if cfg.checkpoint_chunks else None
     engine, engine_kw = sampling_engine(ctx, ctx.inputs["policy"], cfg.engine)
     samples = sample_rows(model, tokenizer, prompts, template="r1", k=cfg.samples_per_prompt,

@@ -41,7 +41,15 @@ def _prompts(src: PromptSource, ctx: StageContext) -> list[dict[str, str]]:
         rows = [{"question": r["prompt"], "answer": ""} for r in load_nonreasoning()][: src.num_prompts]
     else:
         rows = problems(ctx, src.source, src.num_prompts, seed + 303)
-    return [{"question": r["question"], "gold": str(r["answer"]), "source": src.source} for r in rows]
+    return [{"question": r["question"], "gold": str(r["answer"]), "source": source_label(src)} for r in rows]
+
+
+def source_label(src: PromptSource) -> str:
+    """A prompt source's name in metrics and logs: the string as given, or a hub/S3/file
+    ``DataSource``'s short name (MLflow metric names allow no ``:@[]``)."""
+    from r1flow.data.benchmarks import benchmark_name
+
+    return src.source if isinstance(src.source, str) else benchmark_name(src.source)
 
 
 def mix_sources(lists: list[list[dict]], weights: list[float]) -> list[dict]:
@@ -62,10 +70,10 @@ def _reward_fn(spec: RewardSpec, template: str, ctx: StageContext, source: str,
     from r1flow.rewards import get_reward, split_completion
 
     if spec.name == "reward_model":
-        from r1flow.train.reward_model import RewardModelScorer
-        from r1flow.stages.common import model_dir
+        from r1flow.stages.reward_model import reward_scorer
 
-        scorer = RewardModelScorer(model_dir(ctx.inputs["reward_model"]), **spec.params)
+        # its own tokenizer and template, a trained folder or a hub RM's source.json, frozen (bf16 in bf16)
+        scorer = reward_scorer(ctx, ctx.inputs["reward_model"], **spec.params)
 
         def base(prompts, completions, golds):
             finals = [split_completion(c, template)[1] or "" for c in completions]
@@ -98,7 +106,7 @@ def run(ctx: StageContext) -> None:
     from r1flow.engine import make_engine
     from r1flow.grpo.trainer import train_grpo
     from r1flow.plots import plot_curves
-    from r1flow.templates import render_prompt
+    from r1flow.templates import render_prompt, stop_strings
     from r1flow.tracking import ListTracker
 
     cfg: RLConfig = ctx.config
@@ -113,15 +121,15 @@ def run(ctx: StageContext) -> None:
     ref_model = load_policy(ctx.inputs["policy"], ctx, which=cfg.model, frozen=True)[0] if wants_ref else None
     per_source = [_prompts(p, ctx) for p in cfg.prompts]
     for src, rows in zip(cfg.prompts, per_source):
-        ctx.tracker.log_dataset(f"prompts/{src.source}", rows, context="training", source=src.source)
+        ctx.tracker.log_dataset(f"prompts/{source_label(src)}", rows, context="training", source=str(src.source))
     by_prompt: dict[str, dict] = {}
     for rows in per_source:
         for r in rows:
             r["prompt"] = render_prompt(r["question"], cfg.template)
             by_prompt[r["prompt"]] = r
     prompts = mix_sources(per_source, [p.weight for p in cfg.prompts])
-    reward_fns = [(f"{p.source}/{r.name}" if len(cfg.prompts) > 1 else r.name, r.weight,
-                   _reward_fn(r, cfg.template, ctx, p.source, by_prompt))
+    reward_fns = [(f"{source_label(p)}/{r.name}" if len(cfg.prompts) > 1 else r.name, r.weight,
+                   _reward_fn(r, cfg.template, ctx, source_label(p), by_prompt))
                   for p in cfg.prompts for r in p.rewards]
     extra = {**vllm_engine_kw(ctx, ctx.inputs["policy"], cfg.model), "sleep_mode": cfg.vllm_sleep,
              "gpu_memory_utilization": cfg.vllm_memory} if cfg.engine == "vllm" else {}
@@ -143,7 +151,8 @@ def run(ctx: StageContext) -> None:
 
     ctx.log(f"{ctx.spec.stage}: GRPO for {cfg.grpo.steps} steps on {len(prompts)} prompts")
     final = train_grpo(policy, tokenizer, prompts, reward_fns, cfg.grpo, recorded, engine=engine,
-                       ref_model=ref_model, on_step=on_step, checkpoints=ctx.checkpointer())
+                       ref_model=ref_model, on_step=on_step, checkpoints=ctx.checkpointer(),
+                       stop=stop_strings(cfg.template))
     if ctx.rank != 0:  # rank 0 alone saves and evaluates
         return
     save_policy(model, tokenizer, ctx)

@@ -1,0 +1,64 @@
+"""Completions end at the model's EOS and at the template's stop string (``</answer>`` for
+R1-Zero): a real base model would otherwise go on after its answer, and the format reward wants
+nothing after ``</answer>``. Checked with the real Qwen2.5 tokenizer on a random-weight model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from r1flow.engine import assemble_rollouts, make_engine, stop_cut
+from r1flow.modeling import load_model
+from r1flow.templates import stop_strings
+
+QWEN = "Qwen/Qwen2.5-Math-1.5B"
+
+
+@pytest.fixture(scope="module")
+def qwen(hub_cache):
+    model, tok = load_model(QWEN)
+    return model.eval(), tok
+
+
+def test_the_cut_keeps_the_token_that_completes_the_stop_string(qwen):
+    _, tok = qwen
+    ids = tok("<think> 2 + 3 = 5 </think> <answer> 5 </answer>\nUser: and 7?")["input_ids"]  # ">\n" is one token
+    cut = stop_cut(ids, tok, stop_strings("r1_zero"))
+    assert tok.decode(ids[:cut]).endswith("</answer>\n") and "</answer>" not in tok.decode(ids[:cut - 1])
+    assert stop_cut(ids, tok, ()) is None and stop_cut(ids[:5], tok, ("</answer>",)) is None
+
+
+def test_rollouts_are_cut_masked_and_marked_stop(qwen):
+    _, tok = qwen
+    texts = ["<think> 1 </think> <answer> 1 </answer> User: again", "<think> no answer yet: still thinking it over and over, at some length, at quite some length"]
+    rows = [tok(t)["input_ids"] for t in texts]
+    width = max(map(len, rows))
+    completions = torch.full((2, width), tok.pad_token_id)
+    for r, ids in enumerate(rows):
+        completions[r, :len(ids)] = torch.tensor(ids)
+    prompt = (torch.ones(2, 1, dtype=torch.long), torch.ones(2, 1, dtype=torch.long))
+    out = assemble_rollouts([prompt], [completions], [0, 1], tok, tok.pad_token_id, [tok.eos_token_id],
+                            ("</answer>",))
+    assert out.texts == ["<think> 1 </think> <answer> 1 </answer>", texts[1]]  # the longest row: no padding
+    assert out.finish_reasons == ["stop", "length"]
+    kept = int(out.completion_lengths[0])
+    assert tok.decode(out.completion_ids[0, :kept]) == out.texts[0]
+    assert (out.completion_ids[0, kept:] == tok.pad_token_id).all()
+
+
+@pytest.mark.parametrize("kind", ["torch", "hf"])
+def test_engines_stop_at_a_stop_string(qwen, kind):
+    """Seeded sampling from a random-weight model on the real vocabulary: pick a piece of what it
+    writes as the stop string; the same call with it stops right there."""
+    model, tok = qwen
+    engine = make_engine(kind, model, tok, batch_size=4)
+    call = dict(n=1, max_new_tokens=12, temperature=1.0, seed=7)
+    free = engine.generate(["What is 2+3?"], **call)
+    ids = free.completion_ids[0, :int(free.completion_lengths[0])].tolist()
+    full = tok.decode(ids, skip_special_tokens=True)
+    stop = next(piece for piece in (tok.decode(ids[i:i + 2]) for i in range(3, len(ids) - 2))
+                if piece.strip() and "\ufffd" not in piece and piece in full)  # whole characters only
+    stopped = engine.generate(["What is 2+3?"], **call, stop=(stop,))
+    assert stopped.finish_reasons == ["stop"] and stopped.texts[0].endswith(stop)
+    assert stopped.texts[0] == tok.decode(ids[:stop_cut(ids, tok, (stop,))], skip_special_tokens=True)
+    assert int(stopped.completion_lengths[0]) < len(ids)
