@@ -7,7 +7,10 @@ deployment's ``model`` parameter):
   (``r1flow.registry``); its source is the artifact's store URI, and its digest must still match;
 - ``run:NAME`` or ``run:NAME/STAGE`` — the newest model of pipeline run NAME (``final_rl`` if it
   got that far, else the last model-producing stage it finished), or that stage's;
-- an artifact URI or path in the store.
+- an artifact URI or path in the store;
+- a model r1flow did not train: a hub id (``ORG/NAME`` or ``ORG/NAME@REVISION``), a folder in hub
+  layout or an ``s3://`` mirror — pinned (``r1flow.loading``) into a small artifact holding only
+  ``model/source.json``, so its evaluation is cached and compared like any other.
 
 A pipeline registers its final model as ``tracking.registered_model`` and its student as
 ``…-student``, each with the alias ``candidate`` and its evaluation as version tags, and makes it
@@ -43,15 +46,37 @@ def resolve_model(model: str, config: PipelineConfig, runtime: Runtime) -> tuple
         else:
             uri = model
         store = runtime.store()
-        if not store.verify(uri):
-            raise LookupError(f"no complete artifact at {store.resolve(uri)}")
-        ref = store.ref(uri)
+        ref = store.ref(uri) if store.verify(uri) else _source_artifact(model, config, store)
     except (LookupError, StoreError, ValueError) as exc:
         raise ConfigError(f"model {model!r}: {exc}") from None
     if version and version.digest and version.digest != ref.digest:
         raise ConfigError(f"model {model!r}: the artifact at {uri} changed since version {version.version} was "
                           f"registered (digest {ref.digest[:12]}, registered {version.digest[:12]})")
     return ref, version
+
+
+def _source_artifact(model: str, config: PipelineConfig, store) -> ArtifactRef:
+    """The artifact standing for a hub id, folder or s3:// mirror (see the module doc)."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from r1flow.loading import SourceError, pin
+    from r1flow.store import digest_json
+
+    source, _, revision = model.rpartition("@") if "@" in model and not model.startswith("s3://") else (model, "", "")
+    try:
+        resolved = pin(source, revision or None, s3_endpoint_url=config.store.s3_endpoint_url)
+    except SourceError as exc:
+        raise LookupError(f"neither a complete artifact in the store nor a model source ({exc})") from None
+    spec = {"source": source, "revision": revision or None, "trust_remote_code": False, "resolved": resolved}
+    key = f"sources/{digest_json(spec)[:24]}"
+    if not store.verify(key):
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "model").mkdir()
+            (Path(tmp) / "model" / "source.json").write_text(json.dumps(spec, indent=1))
+            store.put_dir(tmp, key, meta={"stage": "source"})
+    return store.ref(key)
 
 
 def _model_of_run(tracking_uri: str, spec: str, config: PipelineConfig) -> str:

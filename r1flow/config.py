@@ -275,9 +275,10 @@ class EvaluationConfig(StageSection):
 
     which: Literal["teacher", "student"] = Field("teacher", description="the base artifact's model to "
                                                  "evaluate (artifacts holding one model/ ignore it)")
-    template: Literal["r1_zero", "r1", "boxed"] | None = Field(
+    template: Literal["r1_zero", "r1", "boxed", "chat"] | None = Field(
         None, description="prompt template; default: the one the model's own stage evaluated with; "
-        "'boxed': a hub model's plain chain of thought (graded on its last \\boxed{})")
+        "a model given as a hub id, folder or s3:// mirror: 'boxed'. 'boxed': plain chain of thought, graded on "
+        "the last \\boxed{}; 'chat': the same through the model's own chat template (instruct, R1-distilled)")
 
 
 class StoreConfig(Section):

@@ -158,11 +158,14 @@ def evaluate_model(engine: GenerationEngine, problems: list[dict[str, str]], *, 
     answer_format = resolve_answer_format(answer_format, template)
     accuracy_fn = AccuracyReward(timeout_s=grading_timeout_s, answer_format=answer_format)
     format_fn = get_reward("format", template=template)
+    tokenizer = getattr(engine, "tokenizer", None)  # the "chat" template renders through it
     samples: list[dict[str, Any]] = []
     per_problem: list[dict[str, float]] = []
     timeouts = 0
+
     def generate(call: int, start: int) -> list[dict[str, Any]]:
-        rollouts = engine.generate([render_prompt(p["question"], template) for p in problems[start:start + batch_size]],
+        chunk = problems[start:start + batch_size]
+        rollouts = engine.generate([render_prompt(p["question"], template, tokenizer) for p in chunk],
                                    n=k, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                                    seed=None if seed is None else seed + call, stop=stop_strings(template))
         return [{"problem": p, "completion": t, "finish_reason": f, "length": int(n)} for p, t, f, n in zip(

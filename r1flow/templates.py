@@ -15,6 +15,10 @@ uses. It is for plain chain-of-thought models (a base or instruct model before a
 write no ``<think>`` block, so grading them with the R1 rule (the answer follows ``</think>``)
 scores every problem 0; the published pass@1 of such models grades the last ``\\boxed{}``.
 
+Chat: the boxed directive as the user turn of the model's own chat template (an instruct or
+R1-distilled checkpoint, as its publishers evaluate it: DeepSeek-R1-Distill's template ends the
+prompt at ``<｜Assistant｜>``). Rendering it needs the tokenizer (``render_prompt(..., tokenizer=)``).
+
 Each template has a default answer format (``default_answer_format``): where its completions
 put the answer, as ``r1flow.rewards.parsing`` reads it. ``"r1"``: after the first ``</think>``;
 ``"boxed"``: the whole completion's last ``\\boxed{}``.
@@ -36,12 +40,12 @@ R1_TEMPLATE = "User: {prompt}\nAssistant: <think>"
 BOXED_TEMPLATE = "{prompt}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
 """Plain chain of thought (a ``str.format`` string: ``{{}}`` renders as ``{}``)."""
 
-TEMPLATES = {"r1_zero": R1_ZERO_TEMPLATE, "r1": R1_TEMPLATE, "boxed": BOXED_TEMPLATE}
+TEMPLATES = {"r1_zero": R1_ZERO_TEMPLATE, "r1": R1_TEMPLATE, "boxed": BOXED_TEMPLATE, "chat": BOXED_TEMPLATE}
 
 ANSWER_FORMATS = ("r1", "boxed")
 """Where a completion's answer is: after ``</think>`` ("r1") or in its last ``\\boxed{}``."""
 
-_DEFAULT_ANSWER_FORMAT = {"r1_zero": "r1", "r1": "r1", "boxed": "boxed"}
+_DEFAULT_ANSWER_FORMAT = {"r1_zero": "r1", "r1": "r1", "boxed": "boxed", "chat": "boxed"}
 
 
 def _known(template: str) -> str:
@@ -50,13 +54,21 @@ def _known(template: str) -> str:
     return template
 
 
-def render_prompt(prompt: str, template: str) -> str:
-    """Fill ``template`` (a name from TEMPLATES) with a user prompt.
+def render_prompt(prompt: str, template: str, tokenizer=None) -> str:
+    """Fill ``template`` (a name from TEMPLATES) with a user prompt; ``"chat"`` renders it as the
+    user turn of ``tokenizer``'s chat template, ending with the generation prompt.
 
     >>> render_prompt("Compute 2 + 3.", "boxed")
     'Compute 2 + 3.\\nPlease reason step by step, and put your final answer within \\\\boxed{}.'
     """
-    return TEMPLATES[_known(template)].format(prompt=prompt)
+    text = TEMPLATES[_known(template)].format(prompt=prompt)
+    if template != "chat":
+        return text
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("template 'chat' needs a tokenizer with a chat template (this model's has none: "
+                         "use 'boxed' or 'r1')")
+    return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                         add_generation_prompt=True)
 
 
 STOPS = {"r1_zero": ("</answer>",)}

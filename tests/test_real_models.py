@@ -81,3 +81,28 @@ def test_trained_models_reload_with_the_hub_tokenizer_and_template(real_run, sta
                                                                             hub.chat_template)
     ids = torch.tensor([hub(text)["input_ids"]])
     assert torch.isfinite(model(ids).logits).all()
+
+
+@pytest.mark.parametrize("model, template", [(TEACHER, None), ("deepseek-ai/DeepSeek-R1-Distill-Qwen-32B", "chat")])
+def test_r1flow_evaluate_takes_a_hub_model(hub_cache, tmp_path, model, template):
+    """``r1flow evaluate ORG/NAME``: the hub model pinned into a source artifact and evaluated on
+    real MATH-500 problems, by default as plain chain of thought graded on its last \\boxed{}."""
+    from tests.conftest import SHARED_DATA
+
+    sets = [f"evaluate.benchmarks=[math500={SHARED_DATA / 'math500' / 'test.jsonl'}]",
+            "evaluate={max_problems: 2, k: 1, max_new_tokens: 6, top_p: 1.0}", "tracking.promotion.benchmark=math500_test"]
+    sets += [f"evaluation.template={template}"] if template else []
+    out = r1flow(["evaluate", model, "--preset", "micro"] + [a for s in sets for a in ("--set", s)], tmp_path,
+                 timeout=600, HF_HUB_CACHE=str(hub_cache))
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    (evaluated,) = (tmp_path / "store" / "artifacts" / "evaluation").glob("*/eval.json")
+    result = json.loads(evaluated.read_text())
+    assert result["template"] == (template or "boxed") and result["eval/math500_test/num_problems"] == 2
+    (source,) = (tmp_path / "store" / "sources").glob("*/model/source.json")
+    pinned = json.loads(source.read_text())
+    assert pinned["source"] == model and len(pinned["resolved"]) == 40
+
+
+def test_a_model_that_is_neither_artifact_nor_source_is_refused_by_name(tmp_path):
+    out = r1flow(["evaluate", "nobody/nothing", "--preset", "micro"], tmp_path, timeout=600)
+    assert out.returncode == 2 and "model 'nobody/nothing'" in out.stderr + out.stdout

@@ -62,3 +62,16 @@ def test_engines_stop_at_a_stop_string(qwen, kind):
     assert stopped.finish_reasons == ["stop"] and stopped.texts[0].endswith(stop)
     assert stopped.texts[0] == tok.decode(ids[:stop_cut(ids, tok, (stop,))], skip_special_tokens=True)
     assert int(stopped.completion_lengths[0]) < len(ids)
+
+
+def test_the_chat_template_renders_through_the_models_own(hub_cache):
+    from r1flow.loading import load_tokenizer
+    from r1flow.templates import render_prompt
+
+    r1 = load_tokenizer("deepseek-ai/DeepSeek-R1-Distill-Qwen-32B")
+    text = render_prompt("What is 2+3?", "chat", r1)
+    assert text.startswith("<｜begin▁of▁sentence｜><｜User｜>What is 2+3?\nPlease reason step by step")
+    assert text.endswith("<｜Assistant｜>")
+    assert r1(text, add_special_tokens=False)["input_ids"].count(r1.bos_token_id) == 1  # no second BOS
+    with pytest.raises(ValueError, match="no chat template|has none"):
+        render_prompt("What is 2+3?", "chat", load_tokenizer("HuggingFaceTB/SmolLM2-135M-Instruct"))

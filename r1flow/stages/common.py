@@ -296,7 +296,7 @@ def sample_rows(model, tokenizer, problems: list[dict[str, str]], *, template: s
 
     def generate(call: int, start: int) -> list[dict[str, Any]]:
         chunk = problems[start:start + per_call]
-        out = engine.generate([render_prompt(p["question"], template) for p in chunk], n=k,
+        out = engine.generate([render_prompt(p["question"], template, tokenizer) for p in chunk], n=k,
                               max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed + call,
                               stop=stop_strings(template))
         return [{"question": chunk[i]["question"], "answer": str(chunk[i]["answer"]), "completion": text,

@@ -30,11 +30,15 @@ def check(ctx: StageContext) -> None:
 
 
 def template_of(ctx: StageContext) -> str:
-    """The configured template, else the one the model's own stage evaluated with, else ``r1``."""
+    """The configured template, else the one the model's own stage evaluated with, else ``boxed``
+    for a model r1flow did not train (a hub id, folder or mirror: plain chain of thought, as its
+    published pass@1 is measured), else ``r1``."""
     if ctx.config.template:
         return ctx.config.template
     recorded = ctx.inputs["model"] / "eval.json"
-    return json.loads(recorded.read_text()).get("template", "r1") if recorded.exists() else "r1"
+    if recorded.exists():
+        return json.loads(recorded.read_text()).get("template", "r1")
+    return "boxed" if (model_dir(ctx.inputs["model"], ctx.config.which) / "source.json").exists() else "r1"
 
 
 def run(ctx: StageContext) -> None:
