@@ -378,6 +378,15 @@ def _preset_file(name: str) -> Path:
     raise ConfigError(f"unknown preset {name!r}; available: {', '.join(presets()) or 'none'}")
 
 
+def _preset_data(name: str, chain: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A preset's values over those of the preset it names in ``extends`` (one file per variant)."""
+    if name in chain:
+        raise ConfigError(f"preset {name!r} extends itself: {' -> '.join(chain + (name,))}")
+    data = _read_yaml(_preset_file(name))
+    parent = data.pop("extends", None)
+    return merge(_preset_data(parent, chain + (name,)), data) if parent else data
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(Path(path).read_text()) or {}
@@ -411,7 +420,7 @@ def load_config(preset: str | None = "tiny", file: str | Path | None = None,
                 sets: list[str] | None = None) -> PipelineConfig:
     data: dict[str, Any] = {}
     if preset:
-        data = merge(_read_yaml(_preset_file(preset)), {"preset": preset})
+        data = merge(_preset_data(preset), {"preset": preset})
     if file:
         data = merge(data, _read_yaml(Path(file)))
     for assignment in sets or []:
@@ -423,7 +432,7 @@ def resolve(data: dict[str, Any]) -> PipelineConfig:
     """A config mapping as flows receive it (e.g. deployment parameters ``{preset: tiny, ...}``):
     its preset's file underneath, its own values on top."""
     preset = data.get("preset")
-    return validate(merge(_read_yaml(_preset_file(preset)), data) if preset else data)
+    return validate(merge(_preset_data(preset), data) if preset else data)
 
 
 def validate(data: dict[str, Any]) -> PipelineConfig:

@@ -24,6 +24,7 @@ KNOWN_PARAMS = {  # N of r1flow.flops (compute-bearing parameters) from the mode
     "Qwen/Qwen2.5-Math-7B": 7_070_619_136,     # untied: 7.62B less the 545M input embedding
     "Qwen/Qwen2.5-0.5B": 494_032_768,          # tied
     "Qwen/Qwen2.5-1.5B": 1_543_714_304,
+    "meta-llama/Llama-3.1-8B": 7_504_924_672,  # untied: 8.03B less the 525M input embedding
 }
 
 

@@ -28,6 +28,20 @@ def test_every_preset_loads_and_the_real_ones_exist():
         assert load_config(preset).preset == preset
 
 
+def test_a_preset_extends_another_and_a_loop_is_refused(tmp_path, monkeypatch):
+    from r1flow import config
+
+    llama = load_config("r1-distill-llama-8b")
+    assert llama.base.student.source == "meta-llama/Llama-3.1-8B"
+    assert llama.base.teacher.source == load_config("qwen2.5-math-7b").base.teacher.source  # inherited
+    assert llama.distill.train.micro_batch_size == 4 and llama.distill.launch.strategy == "fsdp"
+    (tmp_path / "a.yaml").write_text("extends: b\n")
+    (tmp_path / "b.yaml").write_text("extends: a\n")
+    monkeypatch.setattr(config, "CONFIG_DIRS", [tmp_path])
+    with pytest.raises(config.ConfigError, match="extends itself: a -> b -> a"):
+        load_config("a")
+
+
 @needs_shared
 @pytest.mark.parametrize("preset", REAL)
 def test_real_presets_keep_the_papers_settings_and_pass_preflight(preset, tmp_path, hub_cache):
@@ -46,13 +60,16 @@ def test_real_presets_keep_the_papers_settings_and_pass_preflight(preset, tmp_pa
     assert {b.split("=")[0] for b in c.evaluate.benchmarks} == {"gsm8k", "math500"}
     assert {r.name for r in c.reasoning_rl.prompts[0].rewards} == {"accuracy", "format", "language"}
     cached = {p.name.removeprefix("models--").replace("--", "/") for p in hub_cache.iterdir()}
-    missing = [f"base.{r}" for r in ("teacher", "student") if getattr(c.base, r).source not in cached]
-    stages = tuple(s for s in c.stage_names() if s != "base" or not missing)
-    pinned = preflight(on_shared_data(preset), str(tmp_path / "store"), stages)
-    if missing:  # offline, a hub id outside the cache is refused by name before anything runs
-        with pytest.raises(ConfigError, match=f"{missing[0]}.source: .*not in the hub cache"):
-            preflight(on_shared_data(preset), str(tmp_path / "store"))
-    else:
+    sources = {"base.teacher": ("base", c.base.teacher.source), "base.student": ("base", c.base.student.source),
+               "reward_model": ("reward_model", c.reward_model.source)}
+    missing = {field: stage for field, (stage, source) in sources.items() if source and source not in cached}
+    pinned = preflight(on_shared_data(preset), str(tmp_path / "store"),
+                       tuple(s for s in c.stage_names() if s not in missing.values()))
+    for stage in set(missing.values()):  # offline, a hub id outside the cache is refused by name at once
+        fields = "|".join(f for f, s in missing.items() if s == stage)
+        with pytest.raises(ConfigError, match=f"({fields}).source: .*not in the hub cache"):
+            preflight(on_shared_data(preset), str(tmp_path / "store"), (stage,))
+    if "base.teacher" not in missing and "base.student" not in missing:
         assert pinned.base.teacher.resolved and pinned.base.student.resolved
     assert all(v > 1e8 for v in model_params(c).values())
 
