@@ -8,8 +8,10 @@ log-softmax and losses in fp32, and r1flow's log-probs upcast the logits themsel
 
 Why one context per forward, never one around a training loop: autocast caches the bf16 copy
 of each weight until the outermost autocast context exits. Inside a context that spans
-optimizer steps every later forward reads the step-0 copies — the model trains on stale
-weights (the GRPO ratio stays exactly 1, the KL to the reference exactly 0). A pre-hook that
+optimizer steps every later matmul reads the step-0 copies — the model trains on stale weights
+(only embeddings and norms, which autocast leaves in fp32, move: a bf16 R1-Zero stage logged a GRPO
+ratio of exactly 1, and the micro base's pretraining loss went 5.64 → 5.47 where fp32 reached
+1.69). A pre-hook that
 enters autocast and a hook that leaves it (``always_call``, so an exception cannot leave it
 entered) drop the cache as each forward returns. Every caller — trainers, log-probs, decoding,
 ``generate`` — goes through ``model(...)`` and so gets it without knowing.

@@ -49,3 +49,10 @@ def test_verdicts():
 def test_cpu_dry_run(capsys):
     assert gpu_check.main(["--device", "cpu", "--quick", "--shrink", "--sizes", ""]) == 0
     assert "gpu_check: all checks passed" in capsys.readouterr().out
+
+
+def test_a_failed_check_fails_the_run(tmp_path, monkeypatch, capsys):
+    (tmp_path / "config.json").write_text("{}")
+    monkeypatch.setattr(gpu_check, "real_check", lambda *a: {"sft": {"ok": True}, "grpo": {"ok": False}})
+    assert gpu_check.main(["--device", "cpu", "--hub-dir", str(tmp_path), "--sizes", ""]) == 1
+    assert "gpu_check: FAILED grpo" in capsys.readouterr().out
