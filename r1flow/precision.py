@@ -46,9 +46,8 @@ def autocast_forwards(model, dtype: torch.dtype | None):
     model alone); idempotent. Returns ``model``."""
     if dtype is None or getattr(model, _HOOKED, None) is not None:
         return model
-    setattr(model, _HOOKED, [])  # a stack: a model may call itself (nested forwards)
 
-    def enter(module, args):
+    def enter(module, args):  # a stack per module: a module may run inside itself (nested forwards)
         device = next(module.parameters()).device.type
         context = torch.autocast(device, dtype=dtype)
         context.__enter__()
@@ -57,8 +56,13 @@ def autocast_forwards(model, dtype: torch.dtype | None):
     def leave(module, args, output):
         getattr(module, _HOOKED).pop().__exit__(None, None, None)
 
-    model.register_forward_pre_hook(enter)
-    model.register_forward_hook(leave, always_call=True)
+    parts = [model]  # log-probs call the decoder and the head apart (r1flow.grpo.logprobs)
+    if hasattr(model, "get_decoder") and hasattr(model, "get_output_embeddings"):
+        parts += [m for m in (model.get_decoder(), model.get_output_embeddings()) if m is not None and m is not model]
+    for part in parts:
+        setattr(part, _HOOKED, [])
+        part.register_forward_pre_hook(enter)
+        part.register_forward_hook(leave, always_call=True)
     return model
 
 

@@ -53,10 +53,11 @@ def test_left_padded_batch_equals_unpadded_rows(tok):
 def test_model_gets_mask_positions_and_only_completion_logits(tok):
     # Under RoPE a row's constant position offset cancels, so the equality test above would pass
     # without position ids: check what the model is handed instead, and that the LM head (hence the
-    # log-softmax) sees only the L + 1 positions that predict completion tokens.
+    # log-softmax) sees only the L positions that predict completion tokens.
     model = _model(tok)
     seen = {}
-    model.register_forward_pre_hook(lambda m, a, kw: seen.update(pos=kw["position_ids"]), with_kwargs=True)
+    model.get_decoder().register_forward_pre_hook(lambda m, a, kw: seen.update(pos=kw["position_ids"]),
+                                                  with_kwargs=True)
     model.get_output_embeddings().register_forward_hook(lambda m, a, out: seen.update(head_in=a[0].shape))
     ids = torch.randint(1, len(tok), (2, 9), generator=torch.Generator().manual_seed(4))
     mask = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 1, 1], [1] * 9])
@@ -64,7 +65,7 @@ def test_model_gets_mask_positions_and_only_completion_logits(tok):
         out = token_logprobs(model, ids, mask, 6, temperature=1.0)
     assert out.shape == (2, 3)
     assert seen["pos"].tolist() == [[0, 0, 0, 0, 1, 2, 3, 4, 5], list(range(9))]
-    assert seen["head_in"] == (2, 4, ARCH.hidden_size)
+    assert seen["head_in"] == (2, 3, ARCH.hidden_size)
 
 
 def test_temperature_divides_logits(tok):
@@ -168,3 +169,20 @@ def test_shared_prompt_logprobs_equal_full_rows_in_value_and_gradient(tok):
     assert torch.allclose(shared * attention, full * attention, atol=1e-5)
     for ours, ref in zip((p.grad for p in model.parameters()), full_grads):
         assert torch.allclose(ours, ref, atol=1e-5)
+
+
+def test_chunked_logprobs_equal_the_full_logits_path_in_values_and_gradients(tok):
+    """Chunks of 1 and 3 positions (each recomputed in backward) against one full fp32 logits tensor."""
+    from r1flow.grpo.logprobs import chunked_logprobs
+
+    model = _model(tok)
+    ids = torch.randint(1, len(tok), (3, 10), generator=torch.Generator().manual_seed(5))
+    hidden = model.get_decoder()(input_ids=ids).last_hidden_state[:, :-1]  # [3, 9, H]
+    head, targets = model.get_output_embeddings(), ids[:, 1:]
+    full = torch.log_softmax(head(hidden).float() / 0.7, dim=-1).gather(-1, targets[..., None]).squeeze(-1)
+    (grad_full,) = torch.autograd.grad(full.sum(), head.weight, retain_graph=True)
+    vocab = head.weight.size(0)
+    for positions in (1, 3):
+        chunked = chunked_logprobs(head, hidden, targets, 0.7, chunk_elements=3 * positions * vocab)
+        (grad,) = torch.autograd.grad(chunked.sum(), head.weight, retain_graph=True)
+        assert torch.allclose(chunked, full, atol=1e-5) and torch.allclose(grad, grad_full, atol=1e-5)
