@@ -135,5 +135,10 @@ class VLLMEngine:
         self.sleeping = True
 
     def wake_up(self) -> None:
+        """Back into GPU memory — first handing the trainer allocator's cached blocks to the driver,
+        or the engine would not find the room it gave up."""
+        from r1flow.train.memory import release_cached_memory
+
+        release_cached_memory()
         self.llm.wake_up()
         self.sleeping = False

@@ -11,10 +11,11 @@ import torch
 from torch import Tensor
 
 from r1flow.engine import Rollouts
-from r1flow.grpo.logprobs import shared_prompt_logprobs
+from r1flow.grpo.logprobs import shared_prompt_logprobs, token_logprobs
 from r1flow.grpo.loss import group_advantages, zero_variance_groups
 from r1flow.grpo.params import GRPOParams
 from r1flow.sharding import is_sharded, micro_batches
+from r1flow.train.memory import is_checkpointing
 
 
 @dataclass
@@ -45,13 +46,18 @@ class RolloutBatch:
 
     def logprobs(self, model, rows: Tensor, temperature: float) -> Tensor:
         """Per-token log-probs [n, L'] of ``rows`` under ``model``: padding columns trimmed, each
-        distinct prompt run once for all its rows (``shared_prompt_logprobs``)."""
+        distinct prompt run once for all its rows (``shared_prompt_logprobs``) — or, while
+        checkpointed layers drop the KV cache that sharing needs, every row whole (``token_logprobs``)."""
         prompt_mask = self.prompt_mask[rows]  # [n, P]
         completion_mask = self.completion_mask[rows]  # [n, L]
         start = self.prompt_mask.size(1) - int(prompt_mask.sum(dim=1).max())
         length = int(completion_mask.sum(dim=1).max())
-        return shared_prompt_logprobs(model, self.prompt_ids[rows, start:], prompt_mask[:, start:],
-                                      self.completion_ids[rows, :length], completion_mask[:, :length],
+        prompt_ids, prompt_mask = self.prompt_ids[rows, start:], prompt_mask[:, start:]
+        completion_ids, completion_mask = self.completion_ids[rows, :length], completion_mask[:, :length]
+        if is_checkpointing(model):
+            ids, mask = torch.cat([prompt_ids, completion_ids], 1), torch.cat([prompt_mask, completion_mask], 1)
+            return token_logprobs(model, ids, mask, prompt_ids.size(1), temperature=temperature)
+        return shared_prompt_logprobs(model, prompt_ids, prompt_mask, completion_ids, completion_mask,
                                       temperature=temperature)
 
 

@@ -26,6 +26,8 @@ class GRPOParams(BaseModel):
     mu: int = Field(1, ge=1, description="policy iterations per rollout batch (old log-probs kept)")
     num_minibatches: int = Field(1, ge=1, description="optimizer steps per pass over a rollout batch")
     micro_batch_size: int = Field(16, ge=1, description="sequences per forward/backward (memory bound)")
+    gradient_checkpointing: bool = Field(False, description="recompute each decoder layer's activations in "
+                                         "backward (r1flow.train.memory): far less memory, ~1/3 more compute")
     loss_agg: Literal["sequence_mean", "token_mean", "fixed_length"] = Field(
         "sequence_mean", description="per-token loss aggregation (see r1flow.grpo.loss)")
     adv_scale: Literal["group", "batch", "none"] = Field(

@@ -63,6 +63,7 @@ from r1flow.grpo.rewarding import RewardScores, RewardSpec, reward_metrics, scor
 from r1flow.ranks import all_ranks_sum, rank_world
 from r1flow.sharding import as_float, backward_share, micro_batches, sum_gradients
 from r1flow.tracking import NullTracker, Tracker
+from r1flow.train.memory import adamw, checkpoint_layers
 
 SAMPLE_ROWS = 8
 _STAT_KEYS = ("kl_k3", "kl_k1", "clip_fraction/low", "clip_fraction/high", "ratio")
@@ -129,7 +130,7 @@ def make_optimizer(model, params: GRPOParams) -> tuple[torch.optim.Optimizer, to
     trainable = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in trainable if p.ndim >= 2], "weight_decay": params.weight_decay},
               {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0}]
-    optimizer = torch.optim.AdamW(groups, lr=params.lr)
+    optimizer = adamw(groups, next(model.parameters()).device, lr=params.lr)
     warmup = params.warmup_steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
@@ -253,6 +254,8 @@ def train_grpo(model, tokenizer, prompts: list[dict], reward_fns: list[RewardSpe
     ref = None if not wants_ref else ref_model if ref_model is not None else _frozen_copy(model)
     for m in (model, ref) if ref is not None else (model,):
         use_native_gqa(m)  # same attention, without copying grouped KV heads
+    if params.gradient_checkpointing:
+        checkpoint_layers(model)
     optimizer, scheduler = make_optimizer(model, params)
     device = next(model.parameters()).device
     needs_old = params.mu > 1 or params.num_minibatches > 1

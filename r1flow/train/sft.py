@@ -33,6 +33,7 @@ from r1flow.flops import compute_params, sft_flops
 from r1flow.ranks import all_ranks_sum, rank_world
 from r1flow.sharding import as_float, backward_share, is_sharded, micro_batches, sum_gradients
 from r1flow.tracking import NullTracker, Tracker
+from r1flow.train.memory import adamw, checkpoint_layers, is_checkpointing
 
 IGNORE = -100
 
@@ -57,6 +58,8 @@ class SFTParams(BaseModel):
     seed: int = Field(0, description="seeds the data order and torch")
     log_every: int = Field(10, gt=0, description="steps between metric reports")
     completion_only_loss: bool = Field(True, description="mask prompt tokens out of the loss")
+    gradient_checkpointing: bool = Field(False, description="recompute each decoder layer's activations in "
+                                         "backward (r1flow.train.memory): far less memory, ~1/3 more compute")
     min_shared_prefix: int = Field(
         16, ge=0, description="run a prompt prefix this long or longer, common to several rows, "
         "once per batch (same loss, less compute; 0 turns it off)"
@@ -204,7 +207,8 @@ def accumulate(model, rows: list[tuple[list[int], list[int]]], pad_id: int, para
     value = 0.0
     for picked in micro_batches(torch.arange(len(mine)), size, model):  # sharded: as many as the fullest rank
         part, weight = ([mine[i] for i in picked], 1.0) if picked is not None else (rows[:1], 0.0)
-        loss, count = batch_loss(model, collate(part, pad_id), 0 if sharded else params.min_shared_prefix)
+        shared = 0 if sharded or is_checkpointing(model) else params.min_shared_prefix  # both drop the KV cache
+        loss, count = batch_loss(model, collate(part, pad_id), shared)
         share = loss * (weight * count / labelled)
         backward_share(share, model, world)  # sharded: the gradients are reduce-scattered here
         value += share.item()
@@ -226,7 +230,7 @@ def make_optimizer(model, params: SFTParams) -> torch.optim.Optimizer:
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
     other = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
     groups = [{"params": decay, "weight_decay": params.weight_decay}, {"params": other, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=params.lr, betas=params.betas)
+    return adamw(groups, next(model.parameters()).device, lr=params.lr, betas=params.betas)
 
 
 def train_sft(
@@ -250,6 +254,8 @@ def train_sft(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     steps = total_steps(len(encoded), params)
     warmup = int(params.warmup_ratio * steps)
+    if params.gradient_checkpointing:
+        checkpoint_layers(model)
     optimizer = make_optimizer(model, params)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, steps, warmup, params.schedule, params.min_lr_ratio)
