@@ -139,23 +139,32 @@ HUB_MODELS = {  # hub id -> (folder in shared/data/hub, shrunk shape): the real 
 }
 
 
-def shrunk_model_folder(hub_folder: Path, dest: Path, seed: int = 0) -> Path:
-    """A random-weight causal LM on a real config, shrunk (2 layers, width 64, one KV head) with
-    the real vocabulary, special-token ids and tokenizer files: what a hub checkpoint looks like
-    to r1flow, at a size a CPU test can train."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
+def shrunk_model_folder(hub_folder: Path, dest: Path, seed: int = 0, *, classifier: bool = False,
+                        drop_pad: bool = False) -> Path:
+    """A random-weight model on a real config, shrunk (2 layers, width 64, one KV head) with the real
+    vocabulary, special-token ids and tokenizer files: what a hub checkpoint looks like to r1flow,
+    at a size a CPU test can train. ``classifier``: a one-label sequence classifier (a reward
+    model) with a head large enough that scores differ visibly between texts; ``drop_pad``: no
+    ``pad_token_id`` in its config."""
     import json
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
     values = json.loads((hub_folder / "config.json").read_text())
     values.update(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
                   intermediate_size=128, head_dim=32, max_window_layers=2)
+    if drop_pad:
+        values.pop("pad_token_id", None)
     dest.mkdir(parents=True)
     (dest / "config.json").write_text(json.dumps(values))
-    config = AutoConfig.from_pretrained(dest)
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config)
+    if classifier:
+        model = AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(dest, num_labels=1))
+        with torch.no_grad():
+            model.score.weight.normal_(0, 0.1)
+    else:
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(dest))
     model.save_pretrained(dest)
     for f in hub_folder.iterdir():
         if f.name not in ("config.json", "LICENSE"):

@@ -35,28 +35,8 @@ TOPICS = ["garden", "invoice", "meeting", "printer", "holiday", "package", "libr
 
 
 def _classifier_folder(hub_folder: str, dest: Path, *, drop_pad: bool = False) -> Path:
-    """A random-weight one-label sequence classifier on a real config (shrunk: width 64, 2 layers, 2
-    heads, 1 KV head) with the real vocabulary, special-token ids and tokenizer files."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification
-
-    src = HUB / hub_folder
-    values = json.loads((src / "config.json").read_text())
-    values.update(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-                  intermediate_size=128, head_dim=32, max_window_layers=2)
-    if drop_pad:
-        values.pop("pad_token_id", None)
-    dest.mkdir(parents=True)
-    (dest / "config.json").write_text(json.dumps(values))
-    config = AutoConfig.from_pretrained(dest, num_labels=1)
-    torch.manual_seed(0)
-    model = AutoModelForSequenceClassification.from_config(config)
-    with torch.no_grad():  # a head large enough that scores differ visibly between texts
-        model.score.weight.normal_(0, 0.1)
-    model.save_pretrained(dest)
-    for f in src.iterdir():
-        if f.name not in ("config.json", "LICENSE"):
-            shutil.copy(f, dest / f.name)
-    return dest
+    """A random-weight one-label sequence classifier on a real config (``shrunk_model_folder``)."""
+    return shrunk_model_folder(HUB / hub_folder, dest, classifier=True, drop_pad=drop_pad)
 
 
 @pytest.fixture(scope="module")
@@ -150,13 +130,13 @@ def test_final_rl_reward_scores_the_summary_with_the_source_rm(rm_folders, tmp_p
 
     artifact = _run(tmp_path, {"source": str(rm_folders["qwen"])})
     ctx = _ctx(tmp_path, artifact)
-    by_prompt = {"P0": {"question": PROMPTS[0], "source": "nonreasoning"},
-                 "P1": {"question": "1+1?", "source": "arith"}}
+    rows = {"1:nonreasoning#0": {"question": PROMPTS[0], "source": "nonreasoning"}}  # its source's rows by key
     spec = RewardSpec(name="reward_model", params={"batch_size": 2})
-    fn = _reward_fn(spec, "r1", ctx, "nonreasoning", by_prompt)
+    fn = _reward_fn(spec, "r1", ctx, rows)
     completions = [f"<think>\nlong reasoning\n</think>\n{RESPONSES[0]}", "<think>x</think> 2",
                    f"<think>\nother reasoning\n</think>\n{RESPONSES[0]}"]
-    out = fn(["P0", "P1", "P0"], completions, ["", "2", ""])
+    keys = ["1:nonreasoning#0", "0:arith#0", "1:nonreasoning#0"]  # routed by key: the prompt text is alike
+    out = fn(["P"] * 3, completions, ["", "2", ""], keys=keys)
     expected = reward_scorer(ctx, artifact)([PROMPTS[0]], [RESPONSES[0]])[0]
     assert math.isnan(out.scores[1])
     assert [out.scores[0], out.scores[2]] == pytest.approx([expected] * 2, abs=1e-4)
