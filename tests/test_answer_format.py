@@ -50,7 +50,8 @@ def _plain_cot(answer: str) -> str:
 def test_boxed_template_is_plain_text_with_the_evaluation_directive():
     assert render_prompt("What is 2 + 3?", "boxed") == "What is 2 + 3?\n" + DIRECTIVE
     assert not prefills_think("boxed") and prefills_think("r1") and not prefills_think("r1_zero")
-    assert {t: default_answer_format(t) for t in TEMPLATES} == {"r1_zero": "r1", "r1": "r1", "boxed": "boxed"}
+    assert {t: default_answer_format(t) for t in TEMPLATES} == {"r1_zero": "r1", "r1": "r1", "boxed": "boxed",
+                                                                "chat": "boxed"}
     with pytest.raises(ValueError, match="unknown template 'chatml'"):
         default_answer_format("chatml")
 

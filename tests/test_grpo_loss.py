@@ -303,3 +303,73 @@ def test_loss_and_gradients_match_trl(saved_tiny_model, tmp_path, loss_type):
     assert stats["clip_fraction/low"].item() == pytest.approx(metrics["clip_ratio/low_mean"][-1])
     assert stats["clip_fraction/high"].item() == pytest.approx(metrics["clip_ratio/high_mean"][-1])
     assert stats["clip_fraction/low"] > 0 and stats["clip_fraction/high"] > 0
+
+
+# ---------------------------------------------------------------- padding
+
+PAD_VALUES = [1e4, -1e4, float("-inf"), float("inf"), float("nan")]
+
+
+def _poison(x, mask, value):
+    """``x`` with every padded position (mask 0) set to ``value``."""
+    return torch.where(mask.bool(), x, torch.full_like(x, value))
+
+
+@pytest.mark.parametrize("pad_logp, pad_old, pad_ref", [
+    (-1e4, 0.0, 0.0), (1e4, 0.0, 0.0), (float("-inf"), 1e4, -1e4), (0.0, float("-inf"), 1e4)])
+def test_padding_hand_values_finite_with_extreme_logprobs(pad_logp, pad_old, pad_ref):
+    # Row 0: 2 real tokens, ratio 1, A = +1, π_ref/π_θ = 2 → k3 = 2 − ln 2 − 1 = 0.306853.
+    # Row 1: 1 real token, then padding; ratio 1, A = −1, ref = logp → k3 = 0.
+    # Per token: row 0: −1 + 0.1·(1 − ln 2) each; row 1: +1. token_mean over 3 tokens:
+    # loss = (2·(−1 + 0.1·(1 − ln 2)) + 1) / 3 = (−1 + 0.2·(1 − ln 2)) / 3 = −0.312876.
+    # d/dlogp: row 0: −A·ratio + β·(1 − π_ref/π_θ) = −1 − 0.1 = −1.1 → −1.1/3; row 1: +1/3; padding 0.
+    ln2 = math.log(2.0)
+    mask = torch.tensor([[1, 1], [1, 0]])
+    logp = torch.tensor([[-1.0, -2.0], [-0.5, pad_logp]], dtype=torch.float64, requires_grad=True)
+    old = torch.tensor([[-1.0, -2.0], [-0.5, pad_old]], dtype=torch.float64)
+    ref = torch.tensor([[-1.0 + ln2, -2.0 + ln2], [-0.5, pad_ref]], dtype=torch.float64)
+    adv = torch.tensor([1.0, -1.0], dtype=torch.float64)
+    loss, stats = grpo_loss(logp, old, ref, adv, mask, beta=0.1, eps_low=0.2, eps_high=0.2, mode="token_mean")
+    loss.backward()
+    assert loss.item() == pytest.approx((-1 + 0.2 * (1 - ln2)) / 3, rel=1e-12)
+    want = torch.tensor([[-1.1 / 3, -1.1 / 3], [1 / 3, 0.0]], dtype=torch.float64)
+    assert torch.allclose(logp.grad, want, rtol=1e-12, atol=0)
+    # statistics are float32 means over the 3 real tokens
+    assert stats["kl_k3"].item() == pytest.approx(2 * (1 - ln2) / 3, rel=1e-6)  # (0.306853·2 + 0) / 3
+    assert stats["kl_k1"].item() == pytest.approx(-2 * ln2 / 3, rel=1e-6)  # log π_θ − log π_ref: −ln 2, 0
+    assert stats["ratio"].item() == 1.0 and all(torch.isfinite(v) for v in stats.values())
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("pad", PAD_VALUES)
+def test_padded_batch_equals_its_unpadded_rows_alone(mode, pad):
+    """A padded batch whose padding holds ±1e4, ±inf or NaN (old and reference: the opposite sign, so
+    exp(ref − logp) and exp(logp − old) overflow there) gives the loss
+    and gradients of its rows computed one by one, trimmed to their real tokens (same denominators)."""
+    logp, old, ref, adv, mask = _random_batch(seed=5, n=6, length=7)
+    mask[2] = 0  # a row with no real token at all
+    counts = dict(total_tokens=mask.sum().item(), num_sequences=6, max_len=7)
+    kwargs = dict(beta=0.04, eps_low=0.2, eps_high=0.28, mode=mode, **counts)
+    leaf = _poison(logp, mask, pad).requires_grad_()
+    loss, stats = grpo_loss(leaf, _poison(old, mask, -pad), _poison(ref, mask, -pad), adv, mask, **kwargs)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(leaf.grad).all()
+    assert all(torch.isfinite(v) for v in stats.values())
+    assert (leaf.grad[~mask.bool()] == 0).all()
+
+    alone = logp.clone().requires_grad_()
+    total = 0.0
+    for i, n in enumerate(mask.sum(dim=1).tolist()):
+        if n == 0:
+            continue
+        part, cut = slice(i, i + 1), slice(0, n)
+        row_loss, _ = grpo_loss(alone[part, cut], old[part, cut], ref[part, cut], adv[part],
+                                mask[part, cut], **kwargs)
+        row_loss.backward()
+        total += row_loss.item()
+    assert loss.item() == pytest.approx(total, rel=1e-12, abs=1e-15)
+    assert torch.allclose(leaf.grad, alone.grad.where(mask.bool(), 0.0), rtol=1e-12, atol=1e-15)
+    clean, clean_stats = grpo_loss(logp, old, ref, adv, mask, **kwargs)  # finite padding: same numbers
+    assert clean.item() == pytest.approx(loss.item(), rel=1e-12, abs=1e-15)
+    for key, value in clean_stats.items():
+        assert value.item() == pytest.approx(stats[key].item(), rel=1e-12, abs=1e-15), key

@@ -16,24 +16,30 @@ an example is dropped when its question shares a word n-gram with any evaluation
 equals one after normalization (short synthetic problems have fewer than n words, so they have
 no n-grams at all). Filters run in a fixed order and every removal is counted under the name
 of the filter that removed it, so ``len(rows) == len(kept) + sum(counts.values())``.
+
+Correctness is graded under a per-answer deadline (``grading_timeout_s``) in the rewards' grading
+pool (``r1flow.data.filters.CorrectAnswer``): an answer whose grading overruns is removed as
+incorrect, and the counts carry how many did as ``grading_timeouts`` (logged here, a metric in the
+stages), so a batch of pathological samples shows up instead of hanging the stage.
 """
 
 from __future__ import annotations
 
+import logging
 import random
 import re
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from r1flow.data.filters import (
+    CorrectAnswer,
     Example,
     Predicate,
     apply_filters,
-    is_correct,
     is_single_language,
     is_well_formed,
     no_code_blocks,
@@ -42,8 +48,10 @@ from r1flow.data.filters import (
     reasoning_text,
     within_length,
 )
-from r1flow.rewards import gold_answer
+from r1flow.rewards import GradingPool, gold_answer
 from r1flow.templates import TEMPLATES, r1_completion, render_prompt
+
+log = logging.getLogger(__name__)
 
 SOURCE_FIELDS = {"question": str, "answer": str, "completion": str}
 """Fields of a cold-start source row (for ``read_jsonl``); ``template`` is optional."""
@@ -76,6 +84,12 @@ class FilterParams(BaseModel):
     )
     max_examples: int | None = Field(
         None, ge=1, description="Most examples kept in total, spread over questions first; None keeps all."
+    )
+    grading_timeout_s: float = Field(
+        5.0, gt=0, description="Seconds each answer may take to grade; an overrun counts as incorrect."
+    )
+    answer_format: Literal["r1", "boxed"] = Field(
+        "r1", description="Where the final answer is read: 'r1' (after </think>) or 'boxed' (last \\boxed{})."
     )
 
     @model_validator(mode="after")
@@ -187,13 +201,32 @@ def spread_limit(examples: Sequence[Example], max_examples: int | None) -> tuple
     return [examples[i] for i in chosen], {"max_examples": len(examples) - max_examples}
 
 
+class FilterCounts(dict):
+    """How many rows each filter removed (a plain ``dict[str, int]`` to any caller), and
+    ``grading_timeouts``: answers whose grading overran, already counted under ``incorrect``."""
+
+    def __init__(self, counts: Mapping[str, int], grading_timeouts: int = 0) -> None:
+        super().__init__(counts)
+        self.grading_timeouts = grading_timeouts
+
+
 def _filter_all(
-    examples: Iterable[Example], filters: Sequence[tuple[str, Predicate]], params: FilterParams
-) -> tuple[list[Example], dict[str, int]]:
+    examples: Iterable[Example],
+    filters: Sequence[tuple[str, Predicate]],
+    params: FilterParams,
+    correct: CorrectAnswer,
+) -> tuple[list[Example], FilterCounts]:
     kept, counts = apply_filters(examples, filters)
     kept, dedupe_counts = dedupe(kept, params.max_per_question)
     kept, limit_counts = spread_limit(kept, params.max_examples)
-    return kept, {**counts, **dedupe_counts, **limit_counts}
+    if correct.timeouts:
+        log.warning("%d answer(s) took over %s s to grade: removed as incorrect", correct.timeouts,
+                    params.grading_timeout_s)
+    return kept, FilterCounts({**counts, **dedupe_counts, **limit_counts}, correct.timeouts)
+
+
+def _correct(params: FilterParams, pool: GradingPool | None) -> CorrectAnswer:
+    return CorrectAnswer(params.grading_timeout_s, params.answer_format, pool)
 
 
 def _language(params: FilterParams) -> Predicate:
@@ -216,44 +249,51 @@ def to_readable(example: Example) -> dict[str, str]:
 
 
 def curate(
-    rows: Iterable[Mapping[str, Any]], eval_questions: Iterable[str], params: CurationParams
-) -> tuple[list[dict[str, str]], dict[str, int]]:
+    rows: Iterable[Mapping[str, Any]],
+    eval_questions: Iterable[str],
+    params: CurationParams,
+    *,
+    pool: GradingPool | None = None,
+) -> tuple[list[dict[str, str]], FilterCounts]:
     """Cold-start SFT examples from long-CoT rows, and how many rows each filter removed.
 
     A row's own ``template`` field, when present, overrides ``params.source_template``.
     Order: contaminated, malformed, incorrect, mixed_language, length, duplicate,
-    max_per_question, max_examples.
+    max_per_question, max_examples. Answers are graded in ``pool`` (None: the process-wide one).
     """
     examples = [{"template": params.source_template, **row} for row in rows]
+    correct = _correct(params, pool)
     filters = [
         ("contaminated", not_contaminated(eval_questions, params.ngram_n)),
         ("malformed", is_well_formed),
-        ("incorrect", is_correct),
+        ("incorrect", correct),
         ("mixed_language", _language(params)),
         ("length", _length(params)),
     ]
-    kept, counts = _filter_all(examples, filters, params)
+    kept, counts = _filter_all(examples, filters, params, correct)
     return [to_readable(example) for example in kept], counts
 
 
 def rejection_filter(
-    samples: Iterable[Mapping[str, Any]], params: RejectionParams
-) -> tuple[list[dict[str, str]], dict[str, int]]:
+    samples: Iterable[Mapping[str, Any]], params: RejectionParams, *, pool: GradingPool | None = None
+) -> tuple[list[dict[str, str]], FilterCounts]:
     """Rejection-sampled SFT examples (prompt under the sample's template, completion verbatim).
 
     Order: truncated, malformed, incorrect, mixed_language, code_block, long_paragraph, length,
-    duplicate, max_per_question, max_examples.
+    duplicate, max_per_question, max_examples. Answers are graded in ``pool`` (None: the
+    process-wide one).
     """
+    correct = _correct(params, pool)
     filters = [
         ("truncated", not_truncated),
         ("malformed", is_well_formed),
-        ("incorrect", is_correct),
+        ("incorrect", correct),
         ("mixed_language", _language(params)),
         ("code_block", no_code_blocks),
         ("long_paragraph", no_long_paragraphs(params.max_paragraph_chars)),
         ("length", _length(params)),
     ]
-    kept, counts = _filter_all(samples, filters, params)
+    kept, counts = _filter_all(samples, filters, params, correct)
     examples = [
         {"prompt": render_prompt(s["question"], s["template"]), "completion": s["completion"]} for s in kept
     ]

@@ -8,6 +8,12 @@ keep it. Rules with parameters are factories that return such a predicate. ``app
 runs named predicates in order and counts how many each one removed, so a stage can log why
 its dataset shrank. Correctness, format and language use the reward functions GRPO trains on
 (``r1flow.rewards``), so "kept" means exactly what the rewards call good.
+
+Correctness is graded the way the accuracy reward is, under a per-answer deadline in the grading
+pool (``CorrectAnswer``), never in-process: one sampled ``\\boxed{9^{9^{9^{9}}}}`` keeps sympy busy
+for ever, holding the GIL, so an in-process check would hang the whole stage. An answer that
+overruns counts as incorrect and is counted. A filter may grade a whole list at once
+(``batch(examples) -> list[bool]``), so the pool's workers grade in parallel.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from r1flow import rewards
+from r1flow.rewards import AccuracyReward, GradingPool
 
 Example = Mapping[str, Any]
 Predicate = Callable[[Example], bool]
@@ -34,9 +41,36 @@ def reasoning_text(example: Example) -> str:
     return (reasoning if reasoning is not None else example["completion"]).strip()
 
 
-def is_correct(example: Example) -> bool:
-    """The final answer matches the gold answer (the accuracy reward is 1)."""
-    return rewards.accuracy(example["completion"], example["answer"]) >= 1.0
+class CorrectAnswer:
+    """Keep when the final answer matches the gold (the accuracy reward is 1).
+
+    Graded by ``AccuracyReward``: integers in-process, anything else in ``pool`` (the process-wide
+    one when None) with ``timeout_s`` seconds per answer; an overrun is wrong and adds to
+    ``timeouts``. ``answer_format`` ("r1" or "boxed") says where the answer is read.
+    """
+
+    def __init__(
+        self, timeout_s: float = 5.0, answer_format: str = "r1", pool: GradingPool | None = None
+    ) -> None:
+        self.reward = AccuracyReward(timeout_s=timeout_s, pool=pool, answer_format=answer_format)
+
+    @property
+    def timeouts(self) -> int:
+        """Answers that overran their deadline, over every call so far."""
+        return self.reward.total_timeouts
+
+    def batch(self, examples: Sequence[Example]) -> list[bool]:
+        if not examples:
+            return []
+        scores = self.reward([e["completion"] for e in examples], [e["answer"] for e in examples])
+        return [score >= 1.0 for score in scores]
+
+    def __call__(self, example: Example) -> bool:
+        return self.batch([example])[0]
+
+
+is_correct = CorrectAnswer()
+"""The default correctness check: 5 s per answer, "r1" answers, the process-wide grading pool."""
 
 
 def is_well_formed(example: Example) -> bool:
@@ -92,17 +126,17 @@ def apply_filters(
     """Run named predicates in order; return the kept examples and how many each one removed.
 
     An example removed by one filter is not seen by the later ones, so the counts add up:
-    ``len(examples) == len(kept) + sum(counts.values())``.
+    ``len(examples) == len(kept) + sum(counts.values())``. Each filter sees the survivors of the
+    ones before it as one list (``batch`` when the predicate has it), in input order.
     """
     names = [name for name, _ in filters]
     if len(set(names)) != len(names):
         raise ValueError(f"filter names must be unique, got {names}")
     counts = dict.fromkeys(names, 0)
-    kept = []
-    for example in examples:
-        failed = next((name for name, keep in filters if not keep(example)), None)
-        if failed is None:
-            kept.append(example)
-        else:
-            counts[failed] += 1
+    kept = list(examples)
+    for name, keep in filters:
+        verdicts = keep.batch(kept) if hasattr(keep, "batch") else [keep(e) for e in kept]
+        survivors = [example for example, ok in zip(kept, verdicts, strict=True) if ok]
+        counts[name] = len(kept) - len(survivors)
+        kept = survivors
     return kept, counts

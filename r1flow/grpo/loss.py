@@ -39,6 +39,12 @@ to first order near π_θ = π_ref (1 − r ≈ log(π_θ/π_ref)). Weighting k3
 TRL 1.16 does by default (``use_bias_correction_kl``), adds k3·∇log π_θ and gives the reverse KL's
 gradient; here k3 is unweighted, as in DeepSeekMath and the R1 paper (TRL parity needs that flag off).
 ``k1_kl`` (log π_θ − log π_ref) is for logging only.
+
+Padding: old-policy and reference log-probs are zero-filled past each completion, and the policy's
+may be anything there (±1e4, −inf). exp(ref − logp) or exp(logp − old) then overflows to inf, and
+multiplying by a 0 mask afterwards gives inf·0 = NaN in the loss and its gradient. So ``grpo_loss``
+zeroes every log-prob input at padding first (``zero_padding``: ratio 1, KL 0 there), and the
+masked sums select with ``torch.where`` instead of multiplying by the mask.
 """
 
 from __future__ import annotations
@@ -120,7 +126,7 @@ def aggregate(per_token: Tensor, mask: Tensor, mode: AggregationMode, *, total_t
     (its mask sum, N, L), which is right only when it is the whole batch.
     """
     mask = mask.to(per_token.dtype)  # [N, L]
-    masked = per_token * mask  # [N, L]
+    masked = zero_padding(per_token * mask, mask)  # [N, L]
     if mode == "sequence_mean":
         n = per_token.size(0) if num_sequences is None else num_sequences
         per_seq = masked.sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)  # [N]
@@ -135,9 +141,15 @@ def aggregate(per_token: Tensor, mask: Tensor, mode: AggregationMode, *, total_t
     raise ValueError(f"unknown mode {mode!r}: expected 'sequence_mean', 'token_mean' or 'fixed_length'")
 
 
+def zero_padding(x: Tensor, mask: Tensor) -> Tensor:
+    """``x`` with 0 wherever ``mask`` is 0 (no gradient flows there): a selection, not a product,
+    so an inf or NaN at padding cannot turn into NaN."""
+    return torch.where(mask.bool(), x, x.new_zeros(()))
+
+
 def _masked_mean(x: Tensor, mask: Tensor) -> Tensor:
     mask = mask.to(torch.float32)
-    return ((x.float() * mask).sum() / mask.sum().clamp(min=1.0)).detach()
+    return (zero_padding(x.float() * mask, mask).sum() / mask.sum().clamp(min=1.0)).detach()
 
 
 def grpo_loss(logp: Tensor, old_logp: Tensor, ref_logp: Tensor | None, advantages: Tensor, mask: Tensor, *,
@@ -146,13 +158,16 @@ def grpo_loss(logp: Tensor, old_logp: Tensor, ref_logp: Tensor | None, advantage
               max_len: int | None = None) -> tuple[Tensor, dict[str, Tensor]]:
     """GRPO loss (to minimize) of one micro-batch and detached statistics over its masked tokens.
 
-    Shapes: ``logp``, ``old_logp``, ``ref_logp``, ``mask`` [N, L]; ``advantages`` [N].
+    Shapes: ``logp``, ``old_logp``, ``ref_logp``, ``mask`` [N, L]; ``advantages`` [N]. Values at
+    padding (mask 0) are ignored, whatever they are (see the module docstring).
     Statistics are token-weighted means over this micro-batch (``num_tokens`` says how many tokens,
     so a caller can combine micro-batches): ``clip_fraction/low``, ``clip_fraction/high``, ``ratio``
     and, when ``ref_logp`` is given, ``kl_k3`` and ``kl_k1``.
     """
     if beta != 0.0 and ref_logp is None:
         raise ValueError("beta != 0 needs ref_logp")
+    logp, old_logp = zero_padding(logp, mask), zero_padding(old_logp, mask)  # before any exp()
+    ref_logp = None if ref_logp is None else zero_padding(ref_logp, mask)
     per_token, _ = clipped_surrogate(logp, old_logp, advantages, eps_low, eps_high)  # [N, L]
     stats: dict[str, Tensor] = {}
     if ref_logp is not None:

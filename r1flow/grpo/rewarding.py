@@ -8,6 +8,10 @@ model-based reward that also needs the prompt fits the same list. The total rewa
 weighted sum. A reward returns a list of floats; when that list carries ``n_timeouts`` (the
 accuracy reward's ``BatchScores``) or it is the grading pool's ``Graded`` (``scores``,
 ``n_timeouts``), the timed-out items (scored 0) are counted for the logs.
+
+Rows are told apart by key, not by prompt text: the same question in two prompt sources renders to
+the same prompt but has its own rewards and gold (§2.3.4). ``train_grpo`` passes each rollout row's
+prompt-row ``"key"`` as ``keys``, and a reward marked ``keyed`` gets them as ``keys=``.
 """
 
 from __future__ import annotations
@@ -51,6 +55,23 @@ def rule_reward(name: str, weight: float = 1.0, **params: Any) -> RewardSpec:
     return name, weight, completion_reward(get_reward(name, **params))
 
 
+def keyed(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark ``fn`` as routing rows by key: ``score_batch`` calls ``fn(prompts, completions, golds,
+    keys=keys)``, one key per row (its prompt row's ``"key"``)."""
+    fn.uses_keys = True  # type: ignore[attr-defined]
+    return fn
+
+
+def _call(name: str, fn: BatchReward, prompts: list[str], completions: list[str], golds: list[str],
+          keys: list[str] | None) -> Any:
+    if not getattr(fn, "uses_keys", False):
+        return fn(prompts, completions, golds)
+    if keys is None:
+        raise ValueError(f"reward {name!r} routes rows by key, but no keys were given "
+                         "(each prompt row needs a 'key')")
+    return fn(prompts, completions, golds, keys=keys)
+
+
 @dataclass
 class RewardScores:
     """Scores of one rollout batch: the weighted total, each reward apart, timeouts."""
@@ -61,20 +82,22 @@ class RewardScores:
 
 
 def score_batch(specs: Sequence[RewardSpec], prompts: list[str], completions: list[str],
-                golds: list[str]) -> RewardScores:
-    """Run every reward on the batch and sum them with their weights."""
+                golds: list[str], keys: list[str] | None = None) -> RewardScores:
+    """Run every reward on the batch and sum them with their weights (``keys``: each row's prompt
+    row key, for ``keyed`` rewards)."""
     if not specs:
         raise ValueError("GRPO needs at least one reward function")
     n = len(completions)
-    if len(prompts) != n or len(golds) != n:
-        raise ValueError(f"{len(prompts)} prompts, {n} completions and {len(golds)} golds")
+    if len(prompts) != n or len(golds) != n or (keys is not None and len(keys) != n):
+        raise ValueError(f"{len(prompts)} prompts, {n} completions, {len(golds)} golds and "
+                         f"{'no' if keys is None else len(keys)} keys")
     total = torch.zeros(n, dtype=torch.float32)
     per_reward: dict[str, Tensor] = {}
     timeouts = 0
     for name, weight, fn in specs:
         if name in per_reward:
             raise ValueError(f"reward {name!r} is listed twice")
-        out = fn(prompts, completions, golds)
+        out = _call(name, fn, prompts, completions, golds, keys)
         scores = list(getattr(out, "scores", out))
         timeouts += int(getattr(out, "n_timeouts", 0))
         if len(scores) != n or any(math.isinf(float(s)) for s in scores):

@@ -236,7 +236,9 @@ def train_grpo(model, tokenizer, prompts: list[dict], reward_fns: list[RewardSpe
                on_step: Callable[[int, GRPOState], None] | None = None,
                checkpoints: Checkpointer | None = None, stop: tuple[str, ...] = ()) -> dict[str, float]:
     """Train ``model`` in place with GRPO on ``prompts`` (``{"prompt", "gold", "source"}``, prompt
-    already rendered); returns a summary: steps, optimizer steps, first and last mean reward, runtime.
+    already rendered, and an optional unique ``"key"`` that each rollout row hands to ``keyed``
+    rewards: ``r1flow.grpo.rewarding``); returns a summary: steps, optimizer steps, first and last
+    mean reward, runtime.
 
     With ``checkpoints``, the loop first continues from the newest complete checkpoint, if any
     (the reference model, when there is one, is taken before: it stays the starting policy), and
@@ -278,9 +280,10 @@ def train_grpo(model, tokenizer, prompts: list[dict], reward_fns: list[RewardSpe
                                        max_new_tokens=params.max_new_tokens, temperature=params.temperature,
                                        top_p=params.top_p, seed=rollout_seed(params.seed, step, rank), stop=stop)
         rows = [chosen[i] for i in rollouts.prompt_index]
+        keys = [p["key"] for p in rows] if all("key" in p for p in rows) else None  # routes keyed rewards
         with clock("reward"):
             scores = score_batch(reward_fns, [p["prompt"] for p in rows], rollouts.texts,
-                                 [p["gold"] for p in rows])
+                                 [p["gold"] for p in rows], keys=keys)
         batch = rollout_batch(rollouts, scores.total, params, device)
         with clock("logprob"):
             if needs_old:

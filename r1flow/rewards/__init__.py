@@ -68,9 +68,12 @@ def _named(fn: Callable[..., list[float]], name: str) -> RewardFn:
     return fn  # type: ignore[return-value]
 
 
-def accuracy_reward(timeout_s: float = 5.0, pool: GradingPool | None = None) -> RewardFn:
-    """Accuracy with a per-item deadline of ``timeout_s`` seconds (see ``AccuracyReward``)."""
-    return AccuracyReward(timeout_s=timeout_s, pool=pool)
+def accuracy_reward(
+    timeout_s: float = 5.0, pool: GradingPool | None = None, answer_format: str = "r1"
+) -> RewardFn:
+    """Accuracy with a per-item deadline of ``timeout_s`` seconds, answers read in
+    ``answer_format`` ("r1" or "boxed"; see ``AccuracyReward``)."""
+    return AccuracyReward(timeout_s=timeout_s, pool=pool, answer_format=answer_format)
 
 
 def make_format_reward(template: str = "r1_zero") -> RewardFn:

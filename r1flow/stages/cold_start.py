@@ -4,8 +4,9 @@ Long-CoT rows come from the configured sources — samples of the R1-Zero model 
 preset, as the paper does) or JSONL files of ``{question, answer, completion}`` — and are curated
 (``r1flow.data.curate``: correct, well-formed, single-language, length-bounded, deduplicated,
 decontaminated against every evaluation set) into the readable format (reasoning, then a
-summary) under the R1 template. The base teacher is then fine-tuned on them. On several ranks,
-rank 0 samples and curates once and shares the rows; SFT runs data-parallel or fully sharded.
+summary) under the R1 template; answers are graded under a deadline (an overrun is incorrect and
+counted: the ``grading_timeouts`` metric). The base teacher is then fine-tuned on them. On several
+ranks, rank 0 samples and curates once and shares the rows; SFT runs data-parallel or fully sharded.
 """
 
 from __future__ import annotations
@@ -81,8 +82,10 @@ def curated(ctx: StageContext) -> list[dict]:
                                 source=ctx.spec.inputs["zero"].uri if src == "r1_zero" else src)
     examples, removed = curate(rows, eval_questions(ctx), cfg.curation)
     ctx.tracker.log_metrics({"rows": len(rows), "kept": len(examples),
+                             "grading_timeouts": removed.grading_timeouts,
                              **{f"removed/{k}": v for k, v in removed.items()}}, 0)
-    ctx.log(f"cold start: kept {len(examples)} of {len(rows)} rows; removed {removed}")
+    ctx.log(f"cold start: kept {len(examples)} of {len(rows)} rows; removed {removed}; "
+            f"{removed.grading_timeouts} answer(s) timed out in grading (counted incorrect)")
     if not examples:
         raise RuntimeError(f"cold-start curation kept no example out of {len(rows)} ({removed})")
     write_dataset(ctx, examples)

@@ -2,7 +2,8 @@
 
 k samples per reasoning prompt, in seeded chunks saved as they complete (``r1flow.chunks``: a
 killed stage resumes without duplicated or missing samples); keep correct ones and drop mixed-language chains of thought,
-long paragraphs, code blocks and truncated outputs (``r1flow.data.curate.rejection_filter``);
+long paragraphs, code blocks and truncated outputs (``r1flow.data.curate.rejection_filter``; answers
+graded under a deadline, overruns counted as ``grading_timeouts``);
 mix in non-reasoning SFT rows when configured (answered without a chain of thought, as the paper
 does for simple queries); write the SFT dataset and log how many rows each filter removed.
 
@@ -62,10 +63,13 @@ def run(ctx: StageContext) -> None:
     else:  # only where min_kept is 0 (smoke presets whose policy solves nothing yet)
         ctx.log("rejection sampling kept no sample: the dataset is the non-reasoning rows alone")
         data = general
+    timeouts = removed.grading_timeouts  # answers whose grading overran: removed as incorrect
     ctx.tracker.log_metrics({"samples": len(samples), "kept": len(kept), "dataset": len(data),
-                             "accept_rate": len(kept) / len(samples),
+                             "accept_rate": len(kept) / len(samples), "grading_timeouts": timeouts,
                              **{f"removed/{k}": v for k, v in removed.items()}}, 0)
-    ctx.log(f"rejection sampling: kept {len(kept)} of {len(samples)}; removed {removed}")
+    ctx.log(f"rejection sampling: kept {len(kept)} of {len(samples)}; removed {removed}; "
+            f"{timeouts} answer(s) timed out in grading (counted incorrect)")
     write_dataset(ctx, data)
-    ctx.write_json("filters.json", {"samples": len(samples), "kept": len(kept), "removed": removed})
+    ctx.write_json("filters.json", {"samples": len(samples), "kept": len(kept), "removed": removed,
+                                    "grading_timeouts": timeouts})
     ctx.tracker.log_table(data[:32], "sft_examples")

@@ -63,10 +63,27 @@ def mix_sources(lists: list[list[dict]], weights: list[float]) -> list[dict]:
     return mixed
 
 
-def _reward_fn(spec: RewardSpec, template: str, ctx: StageContext, source: str,
-               by_prompt: dict[str, dict]) -> Callable[[list[str], list[str], list[str]], list[float]]:
-    """A reward over (prompts, completions, golds); rows of other sources score NaN (not applied),
-    which the trainer leaves out of the reward's mean and counts as 0 in the total."""
+def keyed_rows(per_source: list[list[dict]], template: str) -> list[dict[str, dict]]:
+    """Render each source's prompt rows and key them ``<position>:<source>#<row index>``; per
+    source, its rows by key. Rewards route by this key, not the prompt text: one question in two
+    sources renders to one prompt, yet each row keeps its own source's rewards and gold."""
+    from r1flow.templates import render_prompt
+
+    by_source = []
+    for position, rows in enumerate(per_source):
+        for index, row in enumerate(rows):
+            row["prompt"] = render_prompt(row["question"], template)
+            row["key"] = f"{position}:{row['source']}#{index}"
+        by_source.append({row["key"]: row for row in rows})
+    return by_source
+
+
+def _reward_fn(spec: RewardSpec, template: str, ctx: StageContext,
+               rows: dict[str, dict]) -> Callable[..., SimpleNamespace]:
+    """A keyed reward over (prompts, completions, golds, keys=) for the source whose rows by key are
+    ``rows``; rows of other sources score NaN (not applied), which the trainer leaves out of the
+    reward's mean and counts as 0 in the total."""
+    from r1flow.grpo.rewarding import keyed
     from r1flow.rewards import get_reward, split_completion
 
     if spec.name == "reward_model":
@@ -75,9 +92,9 @@ def _reward_fn(spec: RewardSpec, template: str, ctx: StageContext, source: str,
         # its own tokenizer and template, a trained folder or a hub RM's source.json, frozen (bf16 in bf16)
         scorer = reward_scorer(ctx, ctx.inputs["reward_model"], **spec.params)
 
-        def base(prompts, completions, golds):
+        def base(keys, completions, golds):
             finals = [split_completion(c, template)[1] or "" for c in completions]
-            return scorer([by_prompt[p]["question"] for p in prompts], finals)
+            return scorer([rows[k]["question"] for k in keys], finals)
     else:
         params = dict(spec.params)
         if spec.name in ("format", "language"):
@@ -86,14 +103,15 @@ def _reward_fn(spec: RewardSpec, template: str, ctx: StageContext, source: str,
             params.setdefault("timeout_s", ctx.config.grpo.reward_timeout_s)
         rule = get_reward(spec.name, **params)
 
-        def base(prompts, completions, golds):
+        def base(keys, completions, golds):
             return rule(completions, golds)
 
-    def fn(prompts, completions, golds):
-        idx = [i for i, p in enumerate(prompts) if by_prompt[p]["source"] == source]
+    @keyed
+    def fn(prompts, completions, golds, *, keys):
+        idx = [i for i, k in enumerate(keys) if k in rows]
         out = SimpleNamespace(scores=[float("nan")] * len(completions), n_timeouts=0)
         if idx:
-            scored = base([prompts[i] for i in idx], [completions[i] for i in idx], [golds[i] for i in idx])
+            scored = base([keys[i] for i in idx], [completions[i] for i in idx], [golds[i] for i in idx])
             out.n_timeouts = int(getattr(scored, "n_timeouts", 0))
             for i, v in zip(idx, scored):
                 out.scores[i] = float(v)
@@ -106,7 +124,7 @@ def run(ctx: StageContext) -> None:
     from r1flow.engine import make_engine
     from r1flow.grpo.trainer import train_grpo
     from r1flow.plots import plot_curves
-    from r1flow.templates import render_prompt, stop_strings
+    from r1flow.templates import stop_strings
     from r1flow.tracking import ListTracker
 
     cfg: RLConfig = ctx.config
@@ -122,15 +140,11 @@ def run(ctx: StageContext) -> None:
     per_source = [_prompts(p, ctx) for p in cfg.prompts]
     for src, rows in zip(cfg.prompts, per_source):
         ctx.tracker.log_dataset(f"prompts/{source_label(src)}", rows, context="training", source=str(src.source))
-    by_prompt: dict[str, dict] = {}
-    for rows in per_source:
-        for r in rows:
-            r["prompt"] = render_prompt(r["question"], cfg.template)
-            by_prompt[r["prompt"]] = r
+    by_source = keyed_rows(per_source, cfg.template)  # rewards route rows by (source, index), not text
     prompts = mix_sources(per_source, [p.weight for p in cfg.prompts])
     reward_fns = [(f"{source_label(p)}/{r.name}" if len(cfg.prompts) > 1 else r.name, r.weight,
-                   _reward_fn(r, cfg.template, ctx, source_label(p), by_prompt))
-                  for p in cfg.prompts for r in p.rewards]
+                   _reward_fn(r, cfg.template, ctx, rows))
+                  for p, rows in zip(cfg.prompts, by_source) for r in p.rewards]
     extra = {**vllm_engine_kw(ctx, ctx.inputs["policy"], cfg.model), "sleep_mode": cfg.vllm_sleep,
              "gpu_memory_utilization": cfg.vllm_memory} if cfg.engine == "vllm" else {}
     engine = make_engine(cfg.engine, model, tokenizer, batch_size=cfg.grpo.prompts_per_step * cfg.grpo.group_size,
