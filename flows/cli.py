@@ -1,6 +1,7 @@
 """The ``r1flow`` command: run the pipeline, one stage or the R1-Zero branch; show status/report.
 
-Embedded defaults: Prefect's ephemeral API (unless ``PREFECT_API_URL`` is set), MLflow on sqlite
+Embedded defaults: Prefect's ephemeral API (unless ``PREFECT_API_URL`` is set, in the environment or
+in the user's active Prefect profile, whose API and key are then used), MLflow on sqlite
 under ``$R1FLOW_HOME`` (unless ``MLFLOW_TRACKING_URI`` is set), the store in a local folder.
 Prefect is imported only after the environment is set, so its settings take effect.
 """
@@ -22,6 +23,9 @@ Sets = typer.Option(None, "--set", "-s", help="stage.key=value (repeatable)")
 Name = typer.Option("r1", "--name", "-n", help="pipeline run name (MLflow tag; reuse to compare)")
 AllowChange = typer.Option(False, "--allow-config-change",
                            help="continue a crashed stage from its checkpoint although its config changed")
+Experiment = typer.Option(None, "--experiment", "-e", help="MLflow experiment of the runs (default: "
+                          "tracking.experiment of --preset/--config/--set, else r1flow)")
+ReadPreset = typer.Option(None, "--preset", "-p", help="read tracking.experiment from configs/<preset>.yaml")
 
 
 def _setup_env() -> None:
@@ -29,16 +33,37 @@ def _setup_env() -> None:
 
     home = default_home()
     home.mkdir(parents=True, exist_ok=True)
+    profile = _prefect_profile()
     defaults = {
-        "PREFECT_HOME": str(home / "prefect"),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
         "PREFECT_LOGGING_LOG_PRINTS": "true",
         "TOKENIZERS_PARALLELISM": "false",  # hub access and offline mode stay the user's environment
     }
+    if not (os.environ.get("PREFECT_API_URL") or profile.get("PREFECT_API_URL")):
+        defaults["PREFECT_HOME"] = str(home / "prefect")  # no API of the user's: an ephemeral one of r1flow's
     for k, v in defaults.items():
-        os.environ.setdefault(k, v)
+        if k not in profile:
+            os.environ.setdefault(k, v)
     signal.signal(signal.SIGTERM, _terminate)
+
+
+def _prefect_profile() -> dict[str, str]:
+    """The settings of the user's active Prefect profile (``PREFECT_PROFILE``, else the ``active``
+    one of ``$PREFECT_PROFILES_PATH``, else of ``$PREFECT_HOME/profiles.toml``, ``~/.prefect`` by
+    default) — read here, before Prefect is imported: a profile naming an API (a server, or Prefect
+    Cloud after ``prefect cloud login``) keeps the user's PREFECT_HOME and so that API and its key."""
+    import tomllib
+    from pathlib import Path
+
+    home = Path(os.environ.get("PREFECT_HOME") or "~/.prefect").expanduser()
+    path = Path(os.environ.get("PREFECT_PROFILES_PATH") or home / "profiles.toml").expanduser()
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        return {}
+    profile = data.get("profiles", {}).get(os.environ.get("PREFECT_PROFILE") or data.get("active") or "", {})
+    return {str(k): str(v) for k, v in profile.items()} if isinstance(profile, dict) else {}
 
 
 def _terminate(signum, frame):  # stop stage process groups, then exit
@@ -60,6 +85,20 @@ def _load(preset: str | None, config: Optional[str], sets: Optional[list[str]]):
         typer.secho(str(exc), fg="red", err=True)
         raise typer.Exit(2)
     return cfg
+
+
+def _experiment(experiment: Optional[str], preset: Optional[str] = None, config: Optional[str] = None,
+                sets: Optional[list[str]] = None) -> str:
+    """The MLflow experiment a command reads: ``--experiment``, else the config's ``tracking.experiment``."""
+    from r1flow.config import ConfigError, load_config
+
+    if experiment:
+        return experiment
+    try:
+        return load_config(preset, config, sets or []).tracking.experiment
+    except ConfigError as exc:
+        typer.secho(str(exc), fg="red", err=True)
+        raise typer.Exit(2)
 
 
 def _run_flow(flow_fn, **kwargs) -> None:
@@ -103,7 +142,8 @@ def resume(name: str = typer.Argument(..., help="the pipeline run to resume"), s
            allow_config_change: bool = AllowChange,
            store: Optional[str] = typer.Option(None, "--store", help="store root holding the run's record "
                                                "(default: the one its MLflow run names)"),
-           s3_endpoint_url: Optional[str] = typer.Option(None, "--s3-endpoint-url")):
+           s3_endpoint_url: Optional[str] = typer.Option(None, "--s3-endpoint-url"),
+           experiment: Optional[str] = Experiment):
     """Resume a failed or killed run: finished stages are reused, a crashed one continues from its
     newest checkpoint, in the same MLflow runs."""
     _setup_env()
@@ -112,7 +152,7 @@ def resume(name: str = typer.Argument(..., help="the pipeline run to resume"), s
     from r1flow.config import ConfigError, apply_set, validate
 
     try:
-        record = pipeline_record(name, store, s3_endpoint_url)
+        record = pipeline_record(name, store, s3_endpoint_url, _experiment(experiment))
         data = record.config
         for assignment in set_ or []:
             data = apply_set(data, assignment)
@@ -201,8 +241,9 @@ def estimate(preset: str = Preset, config: Optional[str] = ConfigFile, set_: Opt
              gpu: str = typer.Option("H100", "--gpu", help="H100 | H200 | A100"),
              gpus: int = typer.Option(1, "--gpus", min=1), teacher_params: Optional[int] = typer.Option(
                  None, "--teacher-params", help="N of a base not in r1flow.estimate.KNOWN_PARAMS"),
-             student_params: Optional[int] = typer.Option(None, "--student-params")):
-    """GPU-hours per stage of a preset before running it (FLOPs over assumed utilisation; no GPU needed)."""
+             student_params: Optional[int] = typer.Option(None, "--student-params"),
+             format_: str = typer.Option("table", "--format", help="table | json")):
+    """GPU-hours and the memory plan per stage of a preset before running it (no GPU needed)."""
     from r1flow.config import ConfigError, load_config
     from r1flow.estimate import PEAK_BF16, Assumptions, estimate as run_estimate, model_params, render
 
@@ -217,36 +258,67 @@ def estimate(preset: str = Preset, config: Optional[str] = ConfigFile, set_: Opt
         typer.secho(str(exc), fg="red", err=True)
         raise typer.Exit(2)
     assumptions = Assumptions(gpu=gpu, gpus=gpus)
+    hours = run_estimate(cfg, params, assumptions)
+    plans = _memory_plans(cfg)
+    if format_ == "json":
+        import json
+
+        memory = {p.stage: p.as_json() for p in plans}
+        typer.echo(json.dumps([{"stage": r.stage, "gpu_hours": round(r.gpu_hours, 2),
+                                **{k: v for k, v in memory.get(r.stage, {}).items() if k != "stage"}} for r in hours],
+                              indent=1))
+        return
     typer.echo(f"{cfg.preset or config}: teacher N = {params['teacher']:,}, student N = {params['student']:,}\n")
-    typer.echo(render(run_estimate(cfg, params, assumptions), assumptions))
+    typer.echo(render(hours, assumptions))
+    if plans:
+        from r1flow.memory_plan import render as render_memory
+
+        typer.echo("Memory plan per GPU (r1flow.memory_plan):\n\n" + render_memory(plans, cfg.gpu_memory_gb))
+
+
+def _memory_plans(cfg) -> list:
+    """The memory plan of every stage, or none when a model's shape is unknown here."""
+    from r1flow.memory_plan import model_shapes, plan
+
+    try:
+        return plan(cfg, model_shapes(cfg))
+    except ValueError:
+        return []
 
 
 @app.command()
-def status(name: Optional[str] = typer.Argument(None, help="pipeline run name (default: latest)")):
+def status(name: Optional[str] = typer.Argument(None, help="pipeline run name (default: latest)"),
+           experiment: Optional[str] = Experiment, preset: Optional[str] = ReadPreset,
+           config: Optional[str] = ConfigFile, set_: Optional[list[str]] = Sets):
     """Each stage of a pipeline run: done / cached / failed / running, artifact URI, MLflow run."""
     _setup_env()
     from flows.status import status_table
 
-    typer.echo(status_table(name))
+    typer.echo(status_table(name, _experiment(experiment, preset, config, set_)))
 
 
 @app.command()
 def report(name: Optional[str] = typer.Argument(None),
-           fmt: str = typer.Option("markdown", "--format", help="markdown | csv")):
+           fmt: str = typer.Option("markdown", "--format", help="markdown | csv"),
+           experiment: Optional[str] = Experiment, preset: Optional[str] = ReadPreset,
+           config: Optional[str] = ConfigFile, set_: Optional[list[str]] = Sets):
     """What a run produced: per-stage metrics, evaluation and wall time, from MLflow."""
     _setup_env()
     from flows.status import report_table
 
-    typer.echo(report_table(name, fmt))
+    typer.echo(report_table(name, fmt, _experiment(experiment, preset, config, set_)))
 
 
 @app.command()
 def compare(names: list[str] = typer.Argument(..., help="two or more pipeline run names"),
             fmt: str = typer.Option("text", "--format", help="text | markdown | csv"),
             out: str = typer.Option("", "--out", help="folder for compare.md/.csv and the PNGs "
-                                    "(default: $R1FLOW_HOME/compare/NAME_A-vs-NAME_B)")):
+                                    "(default: $R1FLOW_HOME/compare/NAME_A-vs-NAME_B)"),
+            experiment: Optional[str] = Experiment, preset: Optional[str] = ReadPreset,
+            config: Optional[str] = ConfigFile, set_: Optional[list[str]] = Sets):
     """Runs side by side: each stage's key metrics and evaluation, curves overlaid (PNG, also in MLflow)."""
     _setup_env()
+    experiment = _experiment(experiment, preset, config, set_)
     from flows.compare import compare as compare_runs
     from flows.compare import render
     from r1flow.runtime import Runtime
@@ -254,7 +326,7 @@ def compare(names: list[str] = typer.Argument(..., help="two or more pipeline ru
     runtime = Runtime()
     folder = out or str(runtime.home / "compare" / "-vs-".join(names))
     try:
-        rows, files, run_id = compare_runs(runtime.tracking_uri, names, folder)
+        rows, files, run_id = compare_runs(runtime.tracking_uri, names, folder, experiment)
     except (LookupError, ValueError) as exc:
         typer.secho(str(exc), fg="red", err=True)
         raise typer.Exit(2)

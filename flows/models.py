@@ -4,7 +4,9 @@ A model is named in one of three ways (``r1flow evaluate MODEL``, the ``r1-evalu
 deployment's ``model`` parameter):
 
 - ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, ``models:/NAME/latest`` — a registered version
-  (``r1flow.registry``); its source is the artifact's store URI, and its digest must still match;
+  (``r1flow.registry``); its source is the artifact's store URI, and its digest must still match
+  (a source in another store than the flow's, e.g. the nightly evaluation's local store and an
+  ``s3://`` candidate, is verified there and copied in: ``store.s3_endpoint_url`` reaches it);
 - ``run:NAME`` or ``run:NAME/STAGE`` — the newest model of pipeline run NAME (``final_rl`` if it
   got that far, else the last model-producing stage it finished), or that stage's;
 - an artifact URI or path in the store;
@@ -46,13 +48,38 @@ def resolve_model(model: str, config: PipelineConfig, runtime: Runtime) -> tuple
         else:
             uri = model
         store = runtime.store()
-        ref = store.ref(uri) if store.verify(uri) else _source_artifact(model, config, store)
+        ref = _stored(uri, config, store) or _source_artifact(model, config, store)
     except (LookupError, StoreError, ValueError) as exc:
         raise ConfigError(f"model {model!r}: {exc}") from None
     if version and version.digest and version.digest != ref.digest:
         raise ConfigError(f"model {model!r}: the artifact at {uri} changed since version {version.version} was "
                           f"registered (digest {ref.digest[:12]}, registered {version.digest[:12]})")
     return ref, version
+
+
+def _stored(uri: str, config: PipelineConfig, store) -> ArtifactRef | None:
+    """The complete artifact at ``uri`` in the runtime's store — one in another store (a registered
+    version's ``s3://`` source in another bucket or prefix than this flow's store) verified there
+    and copied in, under ``imported/<digest>``, where the stage reads it; None when there is none."""
+    import tempfile
+
+    from r1flow.store import open_store
+
+    root = store.root_uri.rstrip("/")
+    if "://" not in uri or uri == root or uri.startswith(root + "/"):  # a key or a URI in this store
+        return store.ref(uri) if store.verify(uri) else None
+    if not uri.startswith(("s3://", "file://")):
+        return None
+    other = open_store(uri, s3_endpoint_url=config.store.s3_endpoint_url)
+    if not other.verify(uri):
+        return None  # e.g. an s3:// mirror in hub layout (``_source_artifact``)
+    ref = other.ref(uri)
+    key = f"imported/{ref.digest[:24]}"
+    if not store.verify(key):
+        with tempfile.TemporaryDirectory() as tmp:
+            other.get_dir(uri, tmp)  # every sha256 checked against the manifest
+            store.put_dir(tmp, key, meta={**ref.meta, "imported_from": uri})
+    return store.ref(key)
 
 
 def _source_artifact(model: str, config: PipelineConfig, store) -> ArtifactRef:

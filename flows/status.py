@@ -23,16 +23,18 @@ KEY_METRICS = ("loss", "reward/mean", "kl_k3", "clip_fraction", "response_length
                "eval_gain/arith_heldout/pass_at_1", "eval_gain/arith_heldout/pass_at_1_stderr")
 
 
-def _latest(name: str | None):
+def _latest(name: str | None, experiment: str = mlflow_runs.EXPERIMENT):
     uri = Runtime().tracking_uri
-    runs = mlflow_runs.find_pipeline_runs(uri, name)
+    runs = mlflow_runs.find_pipeline_runs(uri, name, experiment)
     if not runs:
-        raise LookupError(f"no pipeline run named {name!r}" if name else "no pipeline runs yet")
+        where = f" in MLflow experiment {experiment!r} (another one: --experiment)"
+        raise LookupError((f"no pipeline run named {name!r}" if name else "no pipeline runs yet") + where)
     return uri, runs[0]
 
 
-def stage_rows(name: str | None) -> tuple[Any, list[dict[str, str]]]:
-    _, run = _latest(name)
+def stage_rows(name: str | None,
+               experiment: str = mlflow_runs.EXPERIMENT) -> tuple[Any, list[dict[str, str]]]:
+    _, run = _latest(name, experiment)
     tags = run.data.tags
     rows = []
     for stage in STAGES + (EVALUATION,):
@@ -44,9 +46,9 @@ def stage_rows(name: str | None) -> tuple[Any, list[dict[str, str]]]:
     return run, rows
 
 
-def status_table(name: str | None) -> str:
+def status_table(name: str | None, experiment: str = mlflow_runs.EXPERIMENT) -> str:
     try:
-        run, rows = stage_rows(name)
+        run, rows = stage_rows(name, experiment)
     except LookupError as exc:
         return str(exc)
     head = (f"pipeline {run.data.tags.get(mlflow_runs.TAG_NAME)}  MLflow run {run.info.run_id}  "
@@ -56,9 +58,9 @@ def status_table(name: str | None) -> str:
     return "\n".join(lines)
 
 
-def report_rows(name: str | None) -> list[dict[str, str]]:
+def report_rows(name: str | None, experiment: str = mlflow_runs.EXPERIMENT) -> list[dict[str, str]]:
     uri = Runtime().tracking_uri
-    _, rows = stage_rows(name)
+    _, rows = stage_rows(name, experiment)
     client = mlflow_runs.client(uri)
     out = []
     for row in rows:
@@ -68,9 +70,9 @@ def report_rows(name: str | None) -> list[dict[str, str]]:
     return out
 
 
-def report_table(name: str | None, fmt: str = "markdown") -> str:
+def report_table(name: str | None, fmt: str = "markdown", experiment: str = mlflow_runs.EXPERIMENT) -> str:
     try:
-        rows = report_rows(name)
+        rows = report_rows(name, experiment)
     except LookupError as exc:
         return str(exc)
     columns = ["stage", "state", "seconds"] + [k for k in KEY_METRICS if any(k in r for r in rows)]
@@ -89,21 +91,23 @@ def inputs_of(stage: str, name: str, config: PipelineConfig) -> dict[str, str]:
     """The artifact URIs a stage consumed in the newest run ``name`` that ran it (for
     ``r1flow stage``; a single-stage run under the same name records only its own stage)."""
     config.section(stage)
-    for run in mlflow_runs.find_pipeline_runs(Runtime().tracking_uri, name):
+    for run in mlflow_runs.find_pipeline_runs(Runtime().tracking_uri, name, config.tracking.experiment):
         inputs = run.data.tags.get(f"r1flow.stage.{stage}.inputs")
         if inputs is not None:
             return json.loads(inputs)
     raise LookupError(f"stage {stage} did not run in pipeline {name!r}; pass --input NAME=URI")
 
 
-def pipeline_record(name: str, store_root: str | None = None, s3_endpoint_url: str | None = None):
+def pipeline_record(name: str, store_root: str | None = None, s3_endpoint_url: str | None = None,
+                    experiment: str = mlflow_runs.EXPERIMENT):
     """The store's record of run ``name`` (``r1flow.lineage``), for ``r1flow resume``. The store is
-    the one given, else the one the newest MLflow parent run of ``name`` names, else the default."""
+    the one given, else the one the newest MLflow parent run of ``name`` (in ``experiment``)
+    names, else the default."""
     from r1flow import lineage
     from r1flow.store import StoreError
 
     if store_root is None:
-        runs = mlflow_runs.find_pipeline_runs(Runtime().tracking_uri, name)
+        runs = mlflow_runs.find_pipeline_runs(Runtime().tracking_uri, name, experiment)
         params = runs[0].data.params if runs else {}
         store_root = params.get("store.root", "")
         endpoint = params.get("store.s3_endpoint_url", "None")

@@ -2,8 +2,9 @@
 
 Everything goes through ``MlflowClient`` with explicit run ids: MLflow's active-run stack is
 thread-local, and Prefect runs tasks in worker threads, so fluent ``mlflow.start_run`` is avoided.
-Only rank 0 of a stage logs. Params are the stage's resolved config, flattened; values that look
-like secrets are never logged (``redact``).
+Only rank 0 of a stage logs. Params are the stage's resolved config, flattened; secrets are never
+logged: fields with a secret's name (``SECRET_KEYS``) are dropped, secret-looking values masked
+(``redact``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,17 @@ from r1flow.tracking import NullTracker
 EXPERIMENT = "r1flow"
 TAG_NAME = "r1flow.pipeline"
 TAG_STAGE = "r1flow.stage"
-_SECRET = re.compile(r"(secret|password|token|credential|access_key|api_key)", re.I)
+# exact field names (any case) whose values are secrets; not substrings: max_new_tokens is a setting
+SECRET_KEYS = frozenset({
+    "secret", "password", "passwd", "token", "api_key", "apikey", "access_key", "secret_key", "private_key",
+    "credential", "credentials", "auth", "authorization", "access_token", "auth_token", "session_token",
+    "hf_token", "aws_access_key_id", "aws_secret_access_key", "aws_session_token", "webhook_url",
+    "mlflow_tracking_password", "mlflow_tracking_token", "prefect_api_key"})
+_SECRET_VALUES = [  # (pattern, replacement): AWS key ids, hub tokens, URL credentials (user:pass@, token@)
+    (re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"), "***"),
+    (re.compile(r"\bhf_[A-Za-z0-9]{20,}"), "***"),
+    (re.compile(r"(?P<scheme>\b[a-zA-Z][\w+.-]*://)(?:[^/\s@:]*:[^\s@]*|[^/\s@:]+)@"), r"\g<scheme>***@"),
+]
 
 
 def default_tracking_uri(home: Path) -> str:
@@ -49,17 +60,32 @@ def experiment_id(uri: str, name: str, artifact_root: Path | None) -> str:
 
 
 def flatten(obj: Any, prefix: str = "") -> dict[str, str]:
-    """Nested dict -> {"a.b": "value"}, secrets dropped."""
+    """Nested dict -> {"a.b": "value"}; fields named as secrets dropped, secret values masked.
+
+    >>> flatten({"max_new_tokens": 64, "token": "x", "url": "https://me:pw@host/p"})
+    {'max_new_tokens': '64', 'url': 'https://***@host/p'}
+    """
     out: dict[str, str] = {}
     if isinstance(obj, dict):
         for k, v in obj.items():
             key = f"{prefix}.{k}" if prefix else str(k)
-            if _SECRET.search(str(k)):
+            if str(k).lower() in SECRET_KEYS:
                 continue
             out.update(flatten(v, key))
     else:
-        out[prefix] = str(obj)[:6000]
+        out[prefix] = redact(str(obj))[:6000]
     return out
+
+
+def redact(text: str) -> str:
+    """``text`` with AWS access key ids, hub tokens (``hf_…``) and URL credentials masked.
+
+    >>> redact("s3 at https://user:secret@minio:9000, key AKIAABCDEFGHIJKLMNOP")
+    's3 at https://***@minio:9000, key ***'
+    """
+    for pattern, replacement in _SECRET_VALUES:
+        text = pattern.sub(replacement, text)
+    return text
 
 
 def start_run(uri: str, exp_id: str, name: str, *, parent: str | None = None,

@@ -10,6 +10,7 @@ from r1flow.config import RL_STAGES, ConfigError, PipelineConfig
 from r1flow.data.benchmarks import benchmark_name, load_benchmark
 from r1flow.data.io import read_jsonl
 from r1flow.data.sources import DataSource
+from r1flow.memory_plan import refusal as memory_refusal
 from r1flow.store import StoreError, open_store
 
 BUILTIN_SOURCES = {"arith", "nonreasoning", "r1_zero"}
@@ -21,6 +22,8 @@ def preflight(config: PipelineConfig, store_root: str, stages: tuple[str, ...] |
     Returns the config with its model sources pinned (``pin_models``)."""
     stages = stages or config.stage_names()
     config = pin_models(config, stages)
+    if why := memory_refusal(config, stages):  # the memory plan (r1flow estimate) must fit the GPU
+        raise ConfigError(f"gpu_memory_gb: {why}")
     for stage in set(RL_STAGES) & set(stages):
         for i, p in enumerate(config.section(stage).prompts):
             _check_problems(f"{stage}.prompts.{i}.source", p.source)

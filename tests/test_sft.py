@@ -200,3 +200,26 @@ def test_pretrain_base_builds_a_tokenizer_and_lowers_the_loss():
     assert model.config.vocab_size == len(tok)
     losses = tracker.series("loss")
     assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_the_chunked_loss_equals_the_full_logits_loss_in_value_and_gradient(data):
+    """``plain_loss`` (the head over chunks of positions) against cross-entropy of the whole
+    ``[B, L, V]`` logits, on right-padded rows with prompt positions masked."""
+    import r1flow.grpo.logprobs as logprobs
+    from r1flow.train.sft import plain_loss
+
+    examples, tokenizer = data
+    batch = collate(encode(examples[:4], tokenizer, 64, True), tokenizer.pad_token_id)
+    ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+    model = fresh_model(tokenizer)
+    full, count = token_loss(model(input_ids=ids, attention_mask=mask).logits, labels)
+    (g_full,) = torch.autograd.grad(full, model.get_output_embeddings().weight)
+    chunk = logprobs.LOGIT_CHUNK_ELEMENTS
+    try:
+        logprobs.LOGIT_CHUNK_ELEMENTS = 3 * len(tokenizer)  # a few positions per chunk
+        chunked, n = plain_loss(model, ids, mask, labels)
+    finally:
+        logprobs.LOGIT_CHUNK_ELEMENTS = chunk
+    (g_chunked,) = torch.autograd.grad(chunked, model.get_output_embeddings().weight)
+    assert n == count and torch.allclose(chunked, full, rtol=1e-5)
+    assert torch.allclose(g_chunked, g_full, atol=1e-6)

@@ -43,13 +43,14 @@ LOGIT_CHUNK_ELEMENTS = 1 << 26  # fp32 logits alive at once: 256 MB (e.g. 4 rows
 
 
 def chunked_logprobs(head, hidden: Tensor, targets: Tensor, temperature: float,
-                     chunk_elements: int = LOGIT_CHUNK_ELEMENTS) -> Tensor:
+                     chunk_elements: int | None = None) -> Tensor:
     """log softmax(head(hidden) / T)[targets]: [N, L] from hidden states [N, L, H], the fp32 logits
-    of at most ``chunk_elements`` entries at a time (each chunk recomputed in backward)."""
+    of at most ``chunk_elements`` (default ``LOGIT_CHUNK_ELEMENTS``) entries at a time, each chunk
+    recomputed in backward."""
     from torch.utils.checkpoint import checkpoint
 
     vocab = head.weight.size(0)
-    step = max(1, chunk_elements // max(1, hidden.size(0) * vocab))
+    step = max(1, (chunk_elements or LOGIT_CHUNK_ELEMENTS) // max(1, hidden.size(0) * vocab))
     parts = []
     for h, t in zip(hidden.split(step, dim=1), targets.split(step, dim=1)):
         if torch.is_grad_enabled() and h.requires_grad:

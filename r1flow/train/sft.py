@@ -134,6 +134,20 @@ def token_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor
     return total, int((shifted != IGNORE).sum())
 
 
+def plain_loss(model, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """``token_loss`` of a right-padded batch without its ``[B, L, V]`` logits: the head runs on
+    chunks of positions (``r1flow.grpo.logprobs.chunked_logprobs``), the same sum to fp32 rounding."""
+    from r1flow.grpo.logprobs import _chunkable, chunked_logprobs
+
+    if not _chunkable(model):
+        return token_loss(model(input_ids=ids, attention_mask=mask, use_cache=False).logits, labels)
+    hidden = model.get_decoder()(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+    shifted = labels[:, 1:]  # [B, L-1]: position t scores token t+1
+    valid = shifted != IGNORE
+    logp = chunked_logprobs(model.get_output_embeddings(), hidden[:, :-1], shifted.clamp(min=0), 1.0)
+    return -torch.where(valid, logp, 0.0).sum(), int(valid.sum())
+
+
 def shared_prefix_rows(ids: torch.Tensor, lengths: torch.Tensor, min_prefix: int) -> tuple[list[int], int]:
     """The rows that share the most worthwhile common prefix, and its length (``[], 0`` if none).
 
@@ -189,7 +203,7 @@ def batch_loss(model, batch: dict[str, torch.Tensor], min_shared_prefix: int = 0
         if shared:
             part, n = _shared_prefix_loss(model, g_ids, g_mask, g_labels, shared)
         else:
-            part, n = token_loss(model(input_ids=g_ids, attention_mask=g_mask, use_cache=False).logits, g_labels)
+            part, n = plain_loss(model, g_ids, g_mask, g_labels)
         total, count = total + part, count + n
     return total / max(count, 1), count
 
