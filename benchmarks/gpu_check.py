@@ -226,6 +226,18 @@ def after_warmup(values: list[float]) -> float:
     return sum(rest) / len(rest)
 
 
+def no_math_attention(device: torch.device):
+    """On CUDA, SDPA's math kernel is excluded: a padded batch that would fall back to it (fp32
+    scores for every head, kept for backward) fails loudly instead (``r1flow.attention``)."""
+    import contextlib
+
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION])
+
+
 def run_sft(policy, tokenizer, run: RealRun, device: torch.device) -> dict:
     from r1flow.tracking import ListTracker
     from r1flow.train.sft import SFTParams, train_sft
@@ -233,7 +245,7 @@ def run_sft(policy, tokenizer, run: RealRun, device: torch.device) -> dict:
     params = SFTParams(max_steps=run.sft_steps, batch_size=run.sft_rows, micro_batch_size=run.sft_micro,
                        max_len=run.sft_len, lr=3e-4, schedule="constant", warmup_ratio=0.0, log_every=1)
     tracker = ListTracker()
-    with timed(device) as out:
+    with timed(device) as out, no_math_attention(device):
         summary = train_sft(policy, tokenizer, sft_examples(run.sft_rows), params, tracker)
     losses = tracker.series("loss")
     return {**out, "steps": run.sft_steps, "tokens": summary["tokens"], "losses": losses,
@@ -252,7 +264,7 @@ def run_grpo(policy, reference, tokenizer, run: RealRun, device: torch.device) -
                         micro_batch_size=run.grpo_prompts * run.grpo_group // 2, lr=1e-5,
                         log_every=1, sample_every=10**6)
     tracker = ListTracker()
-    with timed(device) as out:
+    with timed(device) as out, no_math_attention(device):
         train_grpo(policy, tokenizer, grpo_prompts(64), check_rewards(), params, tracker, ref_model=reference)
     kl, ratio = tracker.series("kl_k3"), tracker.series("ratio")
     return {**out, "steps": run.grpo_steps, "kl_k3": kl, "ratio": ratio, "ok": policy_moves(kl, ratio),

@@ -7,6 +7,12 @@ copy of the KV cache per layer per token. On CPU that copy was half of a decode 
 8M parameters. torch's kernels take a mask together with ``enable_gqa``, so ``sdpa_gqa`` is the
 same attention with the copy left out. ``use_native_gqa(model)`` switches a model to it when
 the model is on ``sdpa`` and has grouped KV heads; any other model is left as it is.
+
+On CUDA the trade is the other way round: with a mask, ``enable_gqa`` leaves only the math kernel
+(fp32 scores of every head kept for backward: tens of GB at 2k tokens), while the
+memory-efficient kernel takes a mask once the KV heads are expanded. So on CUDA a masked call
+expands them (``expand_kv``); the GPU check runs with the math kernel excluded, so a fallback
+fails loudly. CPU keeps the copy-free path, which ``make bench`` measured faster there.
 """
 
 from __future__ import annotations
@@ -25,10 +31,19 @@ def sdpa_gqa_forward(module, query: torch.Tensor, key: torch.Tensor, value: torc
     causal = bool(q_length > 1 and attention_mask is None and causal)
     if causal and key.shape[2] > q_length:  # prefill into an empty static cache: drop the unused slots
         key, value = key[:, :, :q_length], value[:, :, :q_length]
+    grouped = query.shape[1] != key.shape[1]
+    if grouped and expand_kv(query, attention_mask):
+        key, value = (t.repeat_interleave(query.shape[1] // key.shape[1], dim=1) for t in (key, value))
+        grouped = False
     out = torch.nn.functional.scaled_dot_product_attention(
         query, key, value, attn_mask=attention_mask, dropout_p=dropout, scale=scaling, is_causal=causal,
-        enable_gqa=query.shape[1] != key.shape[1])
+        enable_gqa=grouped)
     return out.transpose(1, 2).contiguous(), None
+
+
+def expand_kv(query: torch.Tensor, attention_mask: torch.Tensor | None) -> bool:
+    """Whether to expand grouped KV heads before SDPA: on CUDA with a mask (module doc)."""
+    return attention_mask is not None and query.is_cuda
 
 
 def _register() -> None:

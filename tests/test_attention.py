@@ -33,3 +33,26 @@ def test_models_without_grouped_heads_are_left_alone():
     tok = train_tokenizer(["Compute 1 + 2"] * 10, 280)
     mha = build_model(ModelArch(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=2, intermediate_size=64), tok)
     assert not use_native_gqa(mha) and mha.config._attn_implementation == "sdpa"
+
+
+def test_the_expanded_kv_path_cuda_takes_with_a_mask_gives_the_same_attention(monkeypatch):
+    """On CUDA a masked call expands the KV heads (the memory-efficient kernel takes a mask, the
+    grouped call would leave only the math kernel): the same values and gradients as the copy-free
+    path. Forced here on the CPU."""
+    import r1flow.attention as attention
+
+    assert not attention.expand_kv(torch.zeros(1), torch.ones(1))  # CPU tensors keep the copy-free path
+    tok = train_tokenizer(["Compute 12 + 7 - 3. <think> 12 plus 7 is 19. </think>"] * 10, 300)
+    ids, mask = left_pad([tok(t, add_special_tokens=False)["input_ids"] for t in ("Compute 1 + 2", "12 plus 7 is 19")],
+                         tok.pad_token_id)
+    outs = []
+    for expand in (False, True):
+        monkeypatch.setattr(attention, "expand_kv", lambda query, attention_mask: expand and attention_mask is not None)
+        model = build_model(GQA, tok, seed=0)
+        use_native_gqa(model)
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        (logits * mask[..., None]).sum().backward()
+        outs.append((logits, [p.grad for p in model.parameters()]))
+    (a, grads_a), (b, grads_b) = outs
+    assert torch.allclose(a, b, atol=1e-5)
+    assert all(torch.allclose(x, y, atol=1e-5) for x, y in zip(grads_a, grads_b))
