@@ -42,8 +42,10 @@ def sdpa_gqa_forward(module, query: torch.Tensor, key: torch.Tensor, value: torc
 
 
 def expand_kv(query: torch.Tensor, attention_mask: torch.Tensor | None) -> bool:
-    """Whether to expand grouped KV heads before SDPA: on CUDA with a mask (module doc)."""
-    return attention_mask is not None and query.is_cuda
+    """Whether to expand grouped KV heads before SDPA: on CUDA with a mask over several query
+    positions (module doc). A decode step (one position) keeps the grouped call: its scores are
+    small, and expanding would copy the whole KV cache every token."""
+    return attention_mask is not None and query.is_cuda and query.shape[-2] > 1
 
 
 def _register() -> None:
