@@ -159,3 +159,15 @@ def render(rows: list[StageEstimate], a: Assumptions) -> str:
               f"{a.fill:.0%} of max_new_tokens, {a.prompt_tokens}-token prompts, {a.kept:.0%} of samples kept, "
               f"{a.eval_problems} problems per benchmark file that cannot be read here."]
     return "\n".join(lines) + "\n"
+
+
+def stage_hours(config: PipelineConfig, stage: str) -> float | None:
+    """Estimated wall-clock hours of one stage on its own GPUs (``launch.processes × machines``),
+    under the default ``Assumptions`` — what its timeouts are derived from; None when the
+    estimate cannot be made (a base model of unknown size) or does not cover the stage."""
+    try:
+        rows = estimate(config, model_params(config))
+        launch = config.section(stage).launch
+    except ValueError:
+        return None
+    return next((r.gpu_hours / (launch.processes * launch.machines) for r in rows if r.stage == stage), None)

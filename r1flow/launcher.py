@@ -3,8 +3,11 @@
 The process gets its own process group, so cancelling the run (or SIGTERM/SIGINT to the
 orchestrator) stops the stage and everything it spawned, leaving no orphan. Its stdout is read
 line by line: structured events (``r1flow.events``) go to ``on_event``, other lines to
-``on_line``. Exit code 2 means a config or input error, 3 a full disk (neither is retried); any
-other non-zero code is a crash (retried with resume by the orchestrator).
+``on_line``. Exit code 2 means a config or input error, 3 a full disk, 4 an exception raised by the
+stage's own code (none of them is retried: the same inputs fail the same way); any other non-zero
+code — a signal, a lost peer, a transient I/O error — is a crash, retried with resume by the
+orchestrator. Under ``accelerate launch`` the launcher exits 1 whatever its ranks did, so the
+``error`` event a rank emitted (its ``kind``) decides, not the exit code.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from r1flow.events import parse
 
 EXIT_INPUT_ERROR = 2
 EXIT_DISK_FULL = 3
+EXIT_STAGE_ERROR = 4
 _LIVE: set[subprocess.Popen] = set()
 
 
@@ -30,6 +34,11 @@ class StageInputError(RuntimeError):
 
 class StageDiskFull(StageInputError):
     """The stage ran out of disk space; a retry on the same machine would too."""
+
+
+class StageFailed(RuntimeError):
+    """The stage's own code raised (a bug, a model or tokenizer that cannot load): deterministic,
+    so not retried — on a GPU worker each retry would reload the model only to fail again."""
 
 
 class StageCrashed(RuntimeError):
@@ -116,16 +125,38 @@ def kill_all() -> None:
         kill_group(proc, grace_s=5.0)
 
 
-def check_exit(code: int, stage: str, last_error: str | None) -> None:
-    """Raise the error class that tells the orchestrator whether a retry can help."""
+ERROR_KINDS = ("input", "disk", "exception", "crash")
+"""``kind`` of a stage's ``error`` events, the verdict first: when ranks report several (one raised,
+the others then lost their peer), the first of these wins."""
+
+
+def worst_error(kinds: set[str]) -> str | None:
+    """The kind of error that decides the retry, of those a stage's ranks reported."""
+    return next((kind for kind in ERROR_KINDS if kind in kinds), None)
+
+
+def check_exit(code: int, stage: str, last_error: str | None, kind: str | None = None) -> None:
+    """Raise the error class that tells the orchestrator whether a retry can help: the exit code,
+    or the ``kind`` of error the stage reported (what survives ``accelerate launch``)."""
     if code == 0:
         return
     detail = f": {last_error}" if last_error else ""
-    if code == EXIT_INPUT_ERROR:
+    if code == EXIT_INPUT_ERROR or kind == "input":
         raise StageInputError(f"stage {stage} refused its config or inputs{detail}")
-    if code == EXIT_DISK_FULL:
+    if code == EXIT_DISK_FULL or kind == "disk":
         raise StageDiskFull(f"stage {stage} ran out of disk space{detail}")
+    if code == EXIT_STAGE_ERROR or kind == "exception":
+        raise StageFailed(f"stage {stage} failed{detail} — an error of its code, config or model files, "
+                          "not retried (the same inputs fail the same way)")
     raise StageCrashed(f"stage {stage} crashed (exit code {code}){detail}")
+
+
+def timeout_for(hours: float | None, default_s: float) -> float:
+    """Seconds to allow work estimated at ``hours`` (``r1flow.estimate``): twice the estimate — it
+    assumes a sustained utilisation real runs miss — plus an hour for start-up, loading and
+    checkpoints, which is also the floor of a stage estimated at minutes; ``default_s`` without
+    an estimate."""
+    return default_s if hours is None else 2.0 * hours * 3600.0 + 3600.0
 
 
 atexit.register(kill_all)

@@ -6,7 +6,8 @@ pipeline expects and refuses at once when its own differ (another r1flow on the 
 mismatch is not found only after hours of training. The output is found in the shared store
 under that key. The child run belongs to the pipeline: when ``launch.timeout_s`` passes, or the
 pipeline is cancelled or killed, the child is cancelled too; a child cancelled by a person is a
-decision, not a crash, and is not retried.
+decision, not a crash, and is not retried; nor is one whose stage's own code raised
+(``StageFailed``): the same inputs fail the same way on any worker.
 
 Sharded generation (``launch.shards`` = N, arXiv 2501.12948 §2.3.3 at scale): N flow runs, shard i
 generating the prompt chunks c with c mod N = i (``r1flow.chunks``), go to the pool at once, so N
@@ -27,7 +28,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import State, StateType
 
 from r1flow.cache import code_version
-from r1flow.launcher import StageCrashed, StageInputError
+from r1flow.launcher import StageCrashed, StageFailed, StageInputError
 from r1flow.runtime import Runtime
 from r1flow.store import ArtifactRef
 from tasks.stage import key_from_params, published, retry_crashes_only
@@ -100,6 +101,8 @@ def run_flows(stage: str, deployment: str, runs: dict[str, dict[str, Any]], laun
             message = state.message or state.name
             if any(kind in message for kind in REFUSALS):
                 raise StageInputError(f"{where} failed: {message}")
+            if StageFailed.__name__ in message:  # its code raised: the same inputs fail the same way
+                raise StageFailed(f"{where} failed: {message}")
             raise StageCrashed(f"{where} ended {state.name}: {message}")
     if len(states) < len(started):
         raise StageTimedOut(f"stage {stage} on deployment {deployment} did not finish within launch.timeout_s="

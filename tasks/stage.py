@@ -5,8 +5,12 @@ logs, and returns the ``ArtifactRef`` the stage published. Caching (DESIGN "Task
 references"): the key is computed before the task runs (``r1flow.cache.stage_key``: stage,
 output-relevant config, input digests, library code version), the output location derives
 from it, and a hit counts only if the output's manifest still verifies — a stale Prefect record
-whose artifact vanished is dropped first, so the task re-runs. Retries: crashes only; a config
-or input error (exit code 2) fails at once.
+whose artifact vanished is dropped first, so the task re-runs. Retries: crashes only (a killed
+process, a lost node, the network or store away); a config or input error, a full disk or an
+exception of the stage's own code fails at once (``r1flow.launcher``).
+
+A multi-process stage's collective timeout is derived from its estimate (``r1flow.estimate``)
+and travels in the spec's runtime (``R1FLOW_COLLECTIVE_TIMEOUT_S`` set by hand still wins).
 """
 
 from __future__ import annotations
@@ -24,16 +28,21 @@ from prefect.context import get_run_context
 
 from r1flow import mlflow_runs, multinode
 from r1flow.checkpoint import checkpoint_prefix, newest_saved
+from r1flow.config import PipelineConfig
+from r1flow.estimate import stage_hours
 from r1flow.launcher import (
     StageCrashed,
+    StageFailed,
     StageInputError,
     check_exit,
     kill_group,
     run_process,
     stage_command,
+    timeout_for,
+    worst_error,
 )
 from r1flow.runtime import Runtime
-from r1flow.stages.runner import StageSpec
+from r1flow.stages.runner import DEFAULT_COLLECTIVE_TIMEOUT_S, StageSpec
 from r1flow.store import ArtifactRef, StoreUnreachable
 from tasks.progress import StageProgress
 
@@ -44,7 +53,8 @@ def key_from_params(context, parameters: dict[str, Any]) -> str:
 
 def retry_crashes_only(task, task_run, state) -> bool:
     """A crashed stage (killed process, lost node, S3 away past its retries) is worth a retry,
-    which resumes it; a refused config or input, a full disk or a bug in this code is not."""
+    which resumes it; a refused config or input, a full disk, an exception the stage's code raised
+    (``StageFailed``) or a bug in this code is not."""
     try:
         state.result()
     except (StageCrashed, StoreUnreachable, ConnectionError, TimeoutError):
@@ -70,6 +80,7 @@ def run_stage(stage: str, key: str, config: dict[str, Any], inputs: dict[str, Ar
               or _start_mlflow_run(stage, key, inputs, runtime, _warm_start_tags(store, warm_start)))
     spec = stage_spec(stage, config, inputs, runtime, output_key, run_id, warm_start)
     result: dict[str, Any] = {}
+    errors: dict[str, str] = {}  # kind -> message of the error events its ranks emitted
     tail: deque[str] = deque(maxlen=40)  # the process's last plain lines, shown if it fails
     progress = StageProgress(stage)
 
@@ -82,7 +93,7 @@ def run_stage(stage: str, key: str, config: dict[str, Any], inputs: dict[str, Ar
         if kind == "result":
             result["ref"] = ArtifactRef.model_validate(event["ref"])
         elif kind == "error":
-            result["error"] = event.get("message")
+            errors[event.get("kind", "crash")] = str(event.get("message"))
             logger.error("stage %s: %s", stage, event.get("message"))
         elif kind == "log":
             logger.info("%s", event.get("message"))
@@ -100,8 +111,9 @@ def run_stage(stage: str, key: str, config: dict[str, Any], inputs: dict[str, Ar
     finally:
         progress.close()
     try:
-        check_exit(code, stage, result.get("error"))
-    except (StageInputError, StageCrashed):
+        worst = worst_error(set(errors))
+        check_exit(code, stage, errors.get(worst or ""), worst)
+    except (StageInputError, StageFailed, StageCrashed):
         if tail:
             logger.error("stage %s output before it failed:\n%s", stage, "\n".join(tail))
         mlflow_runs.end_run(runtime.tracking_uri, run_id, "FAILED")
@@ -133,10 +145,36 @@ def run_spec_process(spec: StageSpec, runtime: Runtime, launch: dict[str, Any] |
 
 def stage_spec(stage: str, config: dict[str, Any], inputs: dict[str, ArtifactRef], runtime: Runtime,
                output_key: str, run_id: str | None = None, warm_start: str | None = None) -> StageSpec:
-    return StageSpec(stage=stage, config=config, runtime=runtime.stage_runtime(), inputs=inputs,
+    launch = config.get("launch") or {}
+    extra = {}
+    if int(launch.get("processes", 1)) * int(launch.get("machines", 1)) > 1:  # only ranks wait in collectives
+        extra["collective_timeout_s"] = stage_collective_timeout_s(_flow_config(), stage)
+    return StageSpec(stage=stage, config=config, runtime={**runtime.stage_runtime(), **extra}, inputs=inputs,
                      output_key=output_key, store_root=runtime.store_root,
                      s3_endpoint_url=runtime.s3_endpoint_url, tracking_uri=runtime.tracking_uri,
                      mlflow_run_id=run_id, warm_start=warm_start, work_root=str(runtime.home / "work"))
+
+
+def stage_collective_timeout_s(config: PipelineConfig | None, stage: str) -> float:
+    """How long the ranks of ``stage`` may wait in a collective: its estimated hours on its GPUs
+    with a margin (``timeout_for``: 2x + 1 h), so a stage estimated at 12 h is not cut at a fixed
+    6 h and a short one's hang surfaces sooner; 6 h when the estimate cannot be made (a model of
+    unknown size, a stage it does not cover)."""
+    return timeout_for(stage_hours(config, stage) if config else None, DEFAULT_COLLECTIVE_TIMEOUT_S)
+
+
+def _flow_config() -> PipelineConfig | None:
+    """The pipeline config of the flow run this task runs in: every r1flow flow takes it as its
+    ``config`` parameter. None outside a flow run, or when it does not resolve."""
+    from prefect.runtime import flow_run
+
+    from r1flow.config import resolve
+
+    try:
+        data = flow_run.parameters.get("config")
+        return resolve(data) if isinstance(data, dict) else None
+    except Exception:  # noqa: BLE001 - a timeout is no reason to fail a stage: the default applies
+        return None
 
 
 def run_shards(spec: StageSpec, n: int, runtime: Runtime) -> None:
@@ -168,17 +206,18 @@ def run_shards(spec: StageSpec, n: int, runtime: Runtime) -> None:
 
 def run_one_shard(spec: StageSpec, i: int, n: int, runtime: Runtime, logger, on_start=lambda proc: None) -> None:
     """Shard ``i`` of ``n`` as its own process: it saves its chunks (resuming from those saved)."""
-    errors: list[str] = []
+    errors: dict[str, str] = {}
     shard = spec.model_copy(update={"shard": (i, n), "mlflow_run_id": None})
 
     def on_event(event: dict[str, Any]) -> None:
         if event["event"] == "error":
-            errors.append(str(event.get("message")))
+            errors[event.get("kind", "crash")] = str(event.get("message"))
         elif event["event"] == "log":
             logger.info("shard %d/%d: %s", i + 1, n, event.get("message"))
 
     code = run_spec_process(shard, runtime, None, on_event, on_start=on_start)
-    check_exit(code, f"{spec.stage} shard {i + 1}/{n}", errors[-1] if errors else None)
+    worst = worst_error(set(errors))
+    check_exit(code, f"{spec.stage} shard {i + 1}/{n}", errors.get(worst or ""), worst)
 
 
 @task(name="stage-shard", task_run_name="{stage}-shard-{index}", retries=1, retry_delay_seconds=2,

@@ -9,8 +9,18 @@ import time
 
 import pytest
 
-from r1flow.launcher import (EXIT_INPUT_ERROR, StageCrashed, StageInputError, check_exit, kill_all,
-                             run_process)
+from r1flow.launcher import (
+    EXIT_INPUT_ERROR,
+    EXIT_STAGE_ERROR,
+    StageCrashed,
+    StageDiskFull,
+    StageFailed,
+    StageInputError,
+    check_exit,
+    kill_all,
+    run_process,
+    worst_error,
+)
 
 CHILD = """
 import os, subprocess, sys, time
@@ -49,6 +59,24 @@ def test_exit_codes_tell_input_errors_from_crashes():
         check_exit(EXIT_INPUT_ERROR, "sft", "bad row")
     with pytest.raises(StageCrashed, match="exit code -9"):
         check_exit(-9, "sft", None)
+    with pytest.raises(StageFailed, match="ValueError: bad tokenizer.*not retried"):
+        check_exit(EXIT_STAGE_ERROR, "sft", "ValueError: bad tokenizer")
+
+
+def test_under_accelerate_the_reported_error_kind_decides():
+    """``accelerate launch`` exits 1 whatever its ranks did: the error events tell what happened.
+    One rank raising and the others then losing it is the raise; a killed rank is a crash."""
+    assert worst_error({"crash", "exception"}) == "exception" and worst_error(set()) is None
+    with pytest.raises(StageFailed):
+        check_exit(1, "sft", "ValueError: x", worst_error({"crash", "exception"}))
+    with pytest.raises(StageInputError):
+        check_exit(1, "sft", "bad row", "input")
+    with pytest.raises(StageDiskFull):
+        check_exit(1, "sft", "no space", "disk")
+    with pytest.raises(StageCrashed):
+        check_exit(1, "sft", "RuntimeError: Connection closed by peer", "crash")
+    with pytest.raises(StageCrashed):
+        check_exit(1, "sft", None, None)  # a rank SIGKILLed reports nothing
 
 
 def test_cancelling_kills_the_whole_process_group():

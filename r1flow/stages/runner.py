@@ -5,10 +5,17 @@ names the stage, its resolved config, its input refs, the store key of its outpu
 run to log into. Order matters for "bad input fails before expensive work, leaving nothing":
 config and inputs are validated first (exit code 2 on error), the work happens in a private
 staging folder, and the artifact becomes visible only when the store writes its manifest last.
+
+A GPU worker runs many stages, so a stage leaves nothing on its disk: its downloaded inputs and
+its staging folder live in one private folder under the work root (``_scratch``), removed however
+the stage ends; only metrics still waiting for MLflow stay. An exception of the stage's own code
+exits 4 and is not retried; one that says the network, the store or a peer rank was away
+(``is_transient``) is a crash, retried.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -20,6 +27,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -29,11 +37,13 @@ from r1flow.checkpoint import Checkpointer, checkpoint_prefix
 from r1flow.chunks import ChunkLog
 from r1flow.diskspace import DiskFull, free_bytes, is_disk_full
 from r1flow.events import emit
-from r1flow.launcher import EXIT_DISK_FULL, EXIT_INPUT_ERROR
+from r1flow.launcher import EXIT_DISK_FULL, EXIT_INPUT_ERROR, EXIT_STAGE_ERROR
 from r1flow.store import ArtifactRef, Store, StoreError, StoreUnreachable, open_store
 from r1flow.tracking import EventTracker, NullTracker, Tracker
 
 METRIC_FLUSH_S = 60.0  # how long a finished stage waits for queued metrics to reach MLflow
+DEFAULT_COLLECTIVE_TIMEOUT_S = 6 * 3600.0  # without an estimate of the stage (tasks.stage derives one)
+OWNER = ".r1flow-owner"  # in a stage's scratch folder: locked by its process for as long as it lives
 
 
 class UserError(ValueError):
@@ -46,7 +56,8 @@ class StageSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     stage: str
     config: dict[str, Any] = Field(description="the stage's resolved config")
-    runtime: dict[str, Any] = Field(default_factory=dict, description="seed, threads, device, eval")
+    runtime: dict[str, Any] = Field(default_factory=dict, description="seed, threads, device, eval, "
+                                    "collective_timeout_s")
     inputs: dict[str, ArtifactRef] = Field(default_factory=dict)
     output_key: str = Field(description="store key the artifact is published under")
     store_root: str
@@ -55,7 +66,7 @@ class StageSpec(BaseModel):
     mlflow_run_id: str | None = None
     warm_start: str | None = Field(None, description="checkpoint prefix of a crashed attempt under "
                                    "another config, continued with --allow-config-change")
-    work_root: str | None = Field(None, description="where the staging folder goes")
+    work_root: str | None = Field(None, description="where the stage's scratch folder goes")
     shard: tuple[int, int] | None = Field(None, description="(i, N): a generation stage's shard i of N — "
                                           "it generates and saves its chunks and publishes nothing")
 
@@ -124,6 +135,46 @@ class StageContext:
         return path
 
 
+@contextmanager
+def _scratch(work_root: Path, stage: str) -> Iterator[Path]:
+    """A folder of this process alone (ranks and side-by-side shards each get their own) for its
+    downloaded inputs and staging folder, removed however the stage ends. A SIGKILLed stage (the
+    OOM killer) cannot clean up: the next stage process on this work root sweeps its folder.
+
+    No cache of inputs across stages: a stage's big input is the model the stage before it wrote,
+    read once (a real preset's base artifact, read by several, is a source.json: its weights come
+    from the hub cache); only a retry would reuse it, and downloading even a 15 GB model takes
+    minutes against a stage's hours — not worth a cache shared by concurrent processes, with its
+    locking and eviction."""
+    _sweep(work_root)
+    folder = Path(tempfile.mkdtemp(prefix=f"{stage}-", dir=work_root))
+    fd, lock = tempfile.mkstemp(dir=folder)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    os.rename(lock, folder / OWNER)  # a sweeper sees the owner file only once it is locked
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        os.close(fd)
+
+
+def _sweep(work_root: Path) -> None:
+    """Remove the scratch folders whose process died without removing them: the kernel drops a
+    dead process's lock, so an owner file that can be locked has no live owner."""
+    for owner in work_root.glob(f"*/{OWNER}"):
+        try:
+            fd = os.open(owner, os.O_RDONLY)
+        except OSError:  # swept by another stage meanwhile
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            shutil.rmtree(owner.parent, ignore_errors=True)
+        except OSError:  # its stage is alive
+            pass
+        finally:
+            os.close(fd)
+
+
 def _resolve_inputs(store: Store, spec: StageSpec, cache_dir: Path) -> dict[str, Path]:
     """Local paths of every input; remote ones are downloaded and verified (sha256)."""
     paths = {}
@@ -162,10 +213,16 @@ def join_process_group(runtime: dict[str, Any]) -> int:
     from accelerate import PartialState
 
     cpu = runtime.get("device", "cpu") == "cpu" or not torch.cuda.is_available()
-    # the other ranks wait in a collective while rank 0 alone evaluates, samples or writes a checkpoint:
-    # far longer than NCCL's 10-minute default allows on real models
-    timeout = timedelta(seconds=float(os.environ.get("R1FLOW_COLLECTIVE_TIMEOUT_S", 6 * 3600)))
-    return PartialState(cpu=cpu, timeout=timeout).process_index
+    return PartialState(cpu=cpu, timeout=timedelta(seconds=collective_timeout_s(runtime))).process_index
+
+
+def collective_timeout_s(runtime: dict[str, Any]) -> float:
+    """How long a rank waits in a collective. The other ranks wait there while rank 0 alone
+    evaluates, samples or writes a checkpoint: far longer than NCCL's 10-minute default on real
+    models, and on a long stage longer than any fixed value. ``R1FLOW_COLLECTIVE_TIMEOUT_S`` when
+    set by hand, else what the orchestrator derived from the stage's estimate, else 6 h."""
+    explicit = os.environ.get("R1FLOW_COLLECTIVE_TIMEOUT_S")
+    return float(explicit or runtime.get("collective_timeout_s") or DEFAULT_COLLECTIVE_TIMEOUT_S)
 
 
 def run_spec(spec: StageSpec, rank: int = 0) -> ArtifactRef | None:
@@ -173,16 +230,24 @@ def run_spec(spec: StageSpec, rank: int = 0) -> ArtifactRef | None:
     from r1flow.stages import load_stage
 
     stage = load_stage(spec.stage)
-    tracking = spec.tracking_uri and spec.mlflow_run_id and rank == 0
     with _refusals():
         config = stage.Config.model_validate(spec.config)
         store = open_store(spec.store_root, s3_endpoint_url=spec.s3_endpoint_url)
         store.check()
         work_root = Path(spec.work_root or tempfile.gettempdir())
         work_root.mkdir(parents=True, exist_ok=True)
-        # ranks of one stage download remote inputs into folders of their own: no race between them
-        inputs = _resolve_inputs(store, spec, work_root / ("inputs" if rank == 0 else f"inputs-rank{rank}"))
-    workdir = Path(tempfile.mkdtemp(prefix=f"{spec.stage}-", dir=work_root))
+    with _scratch(work_root, spec.stage) as scratch:
+        with _refusals():
+            inputs = _resolve_inputs(store, spec, scratch / "inputs")
+        workdir = scratch / "out"
+        workdir.mkdir()
+        return _run(stage, spec, config, store, inputs, workdir, work_root, rank)
+
+
+def _run(stage: ModuleType, spec: StageSpec, config: Any, store: Store, inputs: dict[str, Path],
+         workdir: Path, work_root: Path, rank: int) -> ArtifactRef | None:
+    """The stage's checks and work in ``workdir``, then its artifact published (rank 0)."""
+    tracking = spec.tracking_uri and spec.mlflow_run_id and rank == 0
     spill = work_root / "metric-spill"  # metrics waiting out a tracking-server outage (r1flow.metric_queue)
     spill.mkdir(exist_ok=True)
     inner = mlflow_runs.MLflowTracker(spec.tracking_uri, spec.mlflow_run_id, spill_dir=spill) if tracking else None
@@ -213,7 +278,6 @@ def run_spec(spec: StageSpec, rank: int = 0) -> ArtifactRef | None:
             mlflow_runs.stop_system_metrics(monitor)
         if inner is not None:  # a failed stage: flush briefly (a no-op after _deliver_metrics)
             inner.close(METRIC_FLUSH_S / 2, unsent_path=_unsent_path(work_root, spec))
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _unsent_path(work_root: Path, spec: StageSpec) -> Path:
@@ -266,12 +330,46 @@ def main(argv: list[str] | None = None) -> int:
             emit("error", kind="disk", message=f"{exc} (work folder {spec.work_root}: "
                                                f"{free_bytes(spec.work_root or '.') >> 20} MB free)")
             code = EXIT_DISK_FULL
-        else:  # a crash: the orchestrator retries it
+        else:
             traceback.print_exc(file=sys.stdout)
-            emit("error", kind="crash", message=f"{type(exc).__name__}: {exc}")
+            if is_transient(exc):  # a crash: the orchestrator retries it
+                emit("error", kind="crash", message=f"{type(exc).__name__}: {exc}")
+            else:  # the stage's own error: a retry would meet it again (and reload the model first)
+                emit("error", kind="exception", message=f"{type(exc).__name__}: {exc}")
+                code = EXIT_STAGE_ERROR
     if rank == 0 and spec.tracking_uri and spec.mlflow_run_id:
         mlflow_runs.end_run(spec.tracking_uri, spec.mlflow_run_id, status)
     return code
+
+
+TRANSIENT = {  # (package, class) of errors that say the network or a peer was away, by name: no imports
+    ("requests", "ConnectionError"), ("requests", "Timeout"), ("requests", "ChunkedEncodingError"),
+    ("requests", "RetryError"), ("urllib3", "ProtocolError"), ("urllib3", "TimeoutError"),
+    ("httpx", "TransportError"), ("httpcore", "NetworkError"), ("httpcore", "TimeoutException"),
+    ("torch", "DistNetworkError"), ("torch", "DistBackendError"), ("torch", "DistStoreError"),
+}
+LOST_PEER = ("Connection closed by peer", "Connection reset by peer")  # gloo's RuntimeError when a rank died
+
+
+def is_transient(exc: BaseException | None) -> bool:
+    """Whether a stage's exception is worth a retry: S3 or the store unreachable, a connection
+    refused, reset or timed out (built-in, botocore, requests/urllib3 as MLflow raises them,
+    httpx as the hub client does), a peer rank lost (torch.distributed, gloo). Anything else is
+    the stage's own, deterministic error. Follows the chain (``raise … from``, and an error raised
+    while handling another: transformers' "couldn't connect", MLflow's "API request failed")."""
+    from r1flow.store_s3 import is_transient as s3_transient
+
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        names = {(c.__module__.partition(".")[0], c.__name__) for c in type(exc).__mro__}
+        lost_peer = isinstance(exc, RuntimeError) and any(m in str(exc) for m in LOST_PEER)
+        if isinstance(exc, (ConnectionError, TimeoutError, StoreUnreachable)) or names & TRANSIENT or lost_peer:
+            return True
+        if s3_transient(exc):
+            return True
+        exc = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+    return False
 
 
 def shard_gpu(visible: str | None, count: int, shard: int) -> str | None:
