@@ -354,13 +354,18 @@ def findings(quick: bool = typer.Option(False, "--quick", help="micro preset: ch
 @app.command()
 def alerts(webhook_url: str = typer.Option(..., "--webhook-url", envvar="R1FLOW_ALERT_WEBHOOK",
                                            help="where notices are POSTed (Slack or any webhook)"),
-           stuck_after_hours: float = typer.Option(12.0, "--stuck-after-hours", min=0.0003),
+           stuck_after_hours: Optional[float] = typer.Option(
+               None, "--stuck-after-hours", min=0.0003, help="default: the preset's estimated hours × 2 + 1"),
+           preset: Optional[str] = typer.Option(None, "--preset", "-p", help="the longest preset the team runs"),
+           config: Optional[str] = ConfigFile, set_: Optional[list[str]] = Sets,
            allow_private_urls: bool = typer.Option(False, "--allow-private-urls", help="e.g. a loopback receiver")):
     """Install Prefect automations that flag a failed or stuck pipeline run (needs a Prefect server)."""
     _setup_env()
     from flows.alerts import install
 
-    for name in install(webhook_url, stuck_after_s=stuck_after_hours * 3600, allow_private_urls=allow_private_urls):
+    cfg = _load(preset, config, set_) if (preset or config) else None
+    stuck = None if stuck_after_hours is None else stuck_after_hours * 3600
+    for name in install(webhook_url, stuck_after_s=stuck, config=cfg, allow_private_urls=allow_private_urls):
         typer.echo(f"automation installed: {name}")
 
 

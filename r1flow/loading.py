@@ -77,7 +77,9 @@ def pin(source: str, revision: str | None = None, *, trust_remote_code: bool = F
     if "config.json" not in listing:
         raise SourceError(f"{source}: no config.json under this prefix (found {len(listing)} files): "
                           "mirror the model in hub layout")
-    config = json.loads(_fetch_s3(source, ["config.json"], s3_endpoint_url) .joinpath("config.json").read_text())
+    with tempfile.TemporaryDirectory(prefix="r1flow-src-") as tmp:
+        config = json.loads(_s3_store(source, s3_endpoint_url).get_files("", ["config.json"], tmp)
+                            .joinpath("config.json").read_text())
     check_config(config, source, trust_remote_code)
     return "s3-" + _listing_digest(listing)
 
@@ -182,10 +184,8 @@ def _s3_store(source: str, endpoint: str | None):
     return open_store(source.rstrip("/"), s3_endpoint_url=endpoint or os.environ.get("AWS_ENDPOINT_URL"))
 
 
-def _fetch_s3(source: str, names: list[str], endpoint: str | None, into: Path | None = None) -> Path:
-    """Download ``names`` of a mirror; with ``into``, atomically (a half copy is never seen)."""
-    if into is None:
-        return _s3_store(source, endpoint).get_files("", names, Path(tempfile.mkdtemp(prefix="r1flow-src-")))
+def _fetch_s3(source: str, names: list[str], endpoint: str | None, into: Path) -> Path:
+    """Download ``names`` of a mirror into ``into`` atomically (a half copy is never seen)."""
     into.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".partial-", dir=into.parent))
     try:
