@@ -363,7 +363,15 @@ def alerts(webhook_url: str = typer.Option(..., "--webhook-url", envvar="R1FLOW_
     _setup_env()
     from flows.alerts import install
 
-    cfg = _load(preset, config, set_) if (preset or config) else None
+    cfg = None
+    if preset or config:  # only its estimate is needed: no preflight (models, files, store) here
+        from r1flow.config import ConfigError, load_config
+
+        try:
+            cfg = load_config(preset, config, set_ or [])
+        except ConfigError as exc:
+            typer.secho(str(exc), fg="red", err=True)
+            raise typer.Exit(2)
     stuck = None if stuck_after_hours is None else stuck_after_hours * 3600
     for name in install(webhook_url, stuck_after_s=stuck, config=cfg, allow_private_urls=allow_private_urls):
         typer.echo(f"automation installed: {name}")

@@ -70,9 +70,8 @@ def pin(source: str, revision: str | None = None, *, trust_remote_code: bool = F
         folder = Path(source).expanduser()
         if not folder.is_dir():
             raise SourceError(f"model folder does not exist: {source}")
-        listing = {str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*")) if p.is_file()}
         check_config(_read_config(folder / "config.json", source), source, trust_remote_code)
-        return "local-" + _listing_digest(listing)
+        return "local-" + _listing_digest(source, _folder_versions(folder))
     listing = _s3_store(source, s3_endpoint_url).files()
     if "config.json" not in listing:
         raise SourceError(f"{source}: no config.json under this prefix (found {len(listing)} files): "
@@ -81,16 +80,15 @@ def pin(source: str, revision: str | None = None, *, trust_remote_code: bool = F
         config = json.loads(_s3_store(source, s3_endpoint_url).get_files("", ["config.json"], tmp)
                             .joinpath("config.json").read_text())
     check_config(config, source, trust_remote_code)
-    return "s3-" + _listing_digest(listing)
+    return "s3-" + _listing_digest(source, listing)
 
 
 def check_config(config: dict[str, Any], source: str, trust_remote_code: bool) -> None:
     """Refuse a model whose config maps it to the repository's own code while remote code is off."""
     from transformers import CONFIG_MAPPING
 
-    auto_map = config.get("auto_map") or {}
-    known = config.get("model_type") in CONFIG_MAPPING
-    if not trust_remote_code and (not known or "AutoModelForCausalLM" in auto_map):
+    auto_map = config.get("auto_map") or {}  # with a built-in model_type, transformers ignores it
+    if not trust_remote_code and config.get("model_type") not in CONFIG_MAPPING:
         raise SourceError(f"{source}: model_type {config.get('model_type')!r} needs the repository's own code "
                           f"({', '.join(auto_map) or 'not in transformers'}); set trust_remote_code: true "
                           "only if you trust it")
@@ -99,16 +97,27 @@ def check_config(config: dict[str, Any], source: str, trust_remote_code: bool) -
 def local_path(spec: dict[str, Any], *, s3_endpoint_url: str | None = None) -> str:
     """What ``from_pretrained`` (or vLLM) loads for a ``source.json`` spec: the hub id (with
     ``revision`` = the pinned commit), the folder, or the local copy of an s3 mirror."""
-    source = spec["source"]
-    if source_kind(source) != "s3":
+    source, pinned = spec["source"], spec.get("resolved")
+    kind = source_kind(source)
+    if kind == "hub":
         return source
+    if kind == "local":
+        folder = Path(source).expanduser().resolve()  # transformers and vLLM do not expand "~"
+        if pinned and "local-" + _listing_digest(source, _folder_versions(folder)) != pinned:
+            raise SourceError(f"{source} changed since the pipeline pinned it ({pinned})")
+        return str(folder)
     listing = _s3_store(source, s3_endpoint_url).files()
-    pinned = spec.get("resolved")
-    if pinned and "s3-" + _listing_digest(listing) != pinned:
+    version = _listing_digest(source, listing)
+    if pinned and "s3-" + version != pinned:
         raise SourceError(f"{source} changed since the pipeline pinned it ({pinned})")
-    cache = Path(os.environ.get("R1FLOW_HOME", ".r1flow")).expanduser() / "models" / _listing_digest(listing)[:24]
-    if not cache.is_dir():
-        _fetch_s3(source, sorted(listing), s3_endpoint_url, into=cache)
+    cache = Path(os.environ.get("R1FLOW_HOME", ".r1flow")).expanduser() / "models" / version[:24]
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with open(cache.parent / f".{cache.name}.lock", "w") as lock:  # the ranks of a stage fetch it once
+        import fcntl
+
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not cache.is_dir():
+            _fetch_s3(source, sorted(listing), s3_endpoint_url, into=cache)
     return str(cache)
 
 
@@ -174,8 +183,15 @@ def _read_config(path: Path, source: str) -> dict[str, Any]:
         raise SourceError(f"{source}: config.json is not JSON ({exc})") from None
 
 
-def _listing_digest(listing: dict[str, int]) -> str:
-    return hashlib.sha256(json.dumps(sorted(listing.items())).encode()).hexdigest()
+def _folder_versions(folder: Path) -> dict[str, str]:
+    """Size and modification time of every file: a re-saved checkpoint of the same size differs."""
+    return {str(p.relative_to(folder)): f"{p.stat().st_size}:{p.stat().st_mtime_ns}"
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _listing_digest(source: str, listing: dict[str, Any]) -> str:
+    """A source's version: its location and every file's version."""
+    return hashlib.sha256(json.dumps([source, sorted(listing.items())]).encode()).hexdigest()
 
 
 def _s3_store(source: str, endpoint: str | None):

@@ -63,7 +63,12 @@ class Shape:
 
     @classmethod
     def of(cls, config: dict[str, Any]) -> Shape:
-        """From a ``config.json`` mapping (Qwen2/Qwen3/Llama field names)."""
+        """From a ``config.json`` mapping (Qwen2/Qwen3/Llama field names); ``ValueError`` when it
+        lacks them (a multimodal or other layout: its plan is unknown)."""
+        missing = [k for k in ("hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size",
+                               "vocab_size") if k not in config]
+        if missing:
+            raise ValueError(f"config.json lacks {', '.join(missing)}")
         h, heads = config["hidden_size"], config["num_attention_heads"]
         head_dim = config.get("head_dim") or h // heads
         return cls(hidden=h, layers=config["num_hidden_layers"], q_dim=heads * head_dim,
@@ -127,19 +132,24 @@ def _training(shape: Shape, world: int, sharded: bool) -> float:
 def sft_step(shape: Shape, micro: int, length: int, e: int, checkpointing: bool, shards: int = 1) -> dict[str, float]:
     """The parts of one SFT step: training state, a micro-batch's activations and three fp32 copies
     of one loss chunk (``r1flow.train.sft.plain_loss``)."""
+    logits = micro * length * shape.vocab * (e + 4.0 + 4.0) if shards > 1 else 3 * 4.0 * _chunk(micro, length,
+                                                                                               shape.vocab)
     return {"training state": _training(shape, shards, shards > 1),
             "activations": shape.activation_bytes(micro * length, e, checkpointing),
-            "logits": 3 * 4.0 * _chunk(micro, length, shape.vocab)}
+            "logits": logits}
 
 
 def grpo_step(shape: Shape, micro: int, prompt: int, new_tokens: int, e: int, checkpointing: bool, *,
               reference: bool, shards: int = 1) -> dict[str, float]:
     """The parts of one GRPO training pass: training state, the frozen reference, a micro-batch's
-    activations and three fp32 copies of one log-prob chunk."""
+    activations and three fp32 copies of one log-prob chunk — or, sharded (FSDP keeps the
+    full-logits path), the micro-batch's logits with their fp32 copy and gradient."""
+    logits = micro * new_tokens * shape.vocab * (e + 4.0 + 4.0) if shards > 1 else \
+        3 * 4.0 * _chunk(micro, new_tokens, shape.vocab)
     return {"training state": _training(shape, shards, shards > 1),
             "reference": float(shape.params * e) if reference else 0.0,
             "activations": shape.activation_bytes(micro * (prompt + new_tokens), e, checkpointing),
-            "logits": 3 * 4.0 * _chunk(micro, new_tokens, shape.vocab)}
+            "logits": logits}
 
 
 def _sampling(shape: Shape, rows: int, length: int, e: int, engine: str, vllm_share: float) -> float:

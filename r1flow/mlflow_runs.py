@@ -69,12 +69,29 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, str]:
     if isinstance(obj, dict):
         for k, v in obj.items():
             key = f"{prefix}.{k}" if prefix else str(k)
-            if str(k).lower() in SECRET_KEYS:
+            if is_secret_key(str(k)):
                 continue
             out.update(flatten(v, key))
     else:
         out[prefix] = redact(str(obj))[:6000]
     return out
+
+
+_SECRET_PART = re.compile(r"(^|[_.-])(secret|password|passwd|token|api_?key|access_?key|private_?key|"
+                          r"credentials?|auth|authorization|webhook_url)($|[_.-])", re.I)
+_SETTINGS = re.compile(r"(^|_)(max|min)?_?(new_)?tokens?(_|$)|^num_tokens$|tokens_per", re.I)  # counts, not secrets
+
+
+def is_secret_key(key: str) -> bool:
+    """A field named as a secret: an exact known name, or a secret word as a part of it
+    (``openai_api_key``, ``db_password``, ``github_token``) — but not a token count
+    (``max_new_tokens``, ``prompt_tokens``).
+
+    >>> [is_secret_key(k) for k in ("hf_token", "db_password", "openai_api_key", "max_new_tokens", "prompt_tokens")]
+    [True, True, True, False, False]
+    """
+    low = key.lower()
+    return low in SECRET_KEYS or (bool(_SECRET_PART.search(low)) and not _SETTINGS.search(low))
 
 
 def redact(text: str) -> str:

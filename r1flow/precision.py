@@ -72,4 +72,6 @@ def freeze(model, dtype: torch.dtype | None):
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    return model.to(dtype) if dtype is not None else model
+        if dtype is not None:  # parameters only: buffers such as RoPE's inv_freq stay fp32, or every
+            p.data = p.data.to(dtype)  # position's angle drifts (by ~2 rad at 2k tokens for head_dim 128)
+    return model

@@ -245,10 +245,14 @@ class Store(ABC):
         found = [p.rpartition("/")[0] for p in self._sizes(base) if p.rpartition("/")[2] == MANIFEST]
         return sorted(_join(base, p) for p in found if not any(s.startswith(".") for s in p.split("/")))
 
-    def files(self, prefix: str = "") -> dict[str, int]:
-        """Every file under ``prefix`` (relative path -> size), manifest or not: a folder another
-        tool wrote, such as a model mirrored in hub layout (``r1flow.loading``)."""
-        return self._sizes(self._key(prefix))
+    def files(self, prefix: str = "") -> dict[str, str]:
+        """Every file under ``prefix`` (relative path -> its version: size and ETag on S3, size and
+        modification time locally), manifest or not: a folder another tool wrote, such as a model
+        mirrored in hub layout (``r1flow.loading``)."""
+        return self._versions(self._key(prefix))
+
+    def _versions(self, prefix: str) -> dict[str, str]:
+        return {path: str(size) for path, size in self._sizes(prefix).items()}
 
     def get_files(self, prefix: str, names: list[str], local_dir: str | Path) -> Path:
         """Download ``names`` (from ``files(prefix)``) into ``local_dir``, keeping their subfolders."""

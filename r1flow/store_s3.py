@@ -238,6 +238,20 @@ class S3Store(Store):
 
         return self._retry(f"listing {self.resolve(prefix)}", listing)
 
+    def _versions(self, prefix: str) -> dict[str, str]:
+        """Size and ETag of every object under ``prefix``: a re-uploaded file of the same size is
+        another version."""
+        base = self._obj(prefix)
+        start = f"{base}/" if base else ""
+
+        def listing() -> dict[str, str]:
+            out: dict[str, str] = {}
+            for page in self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=start):
+                out.update({o["Key"][len(start):]: f"{o['Size']}:{o.get('ETag', '')}" for o in page.get("Contents", [])})
+            return out
+
+        return self._retry(f"listing {self.resolve(prefix)}", listing)
+
     def _sha(self, key: str) -> str:
         def digest() -> str:
             h = hashlib.sha256()

@@ -55,8 +55,10 @@ def test_each_source_scores_its_own_rows_in_a_real_rl_stage(tmp_path, capsys):
                        work_root=str(tmp_path / "work")))
     (step,) = [e["values"] for e in map(parse, capsys.readouterr().out.splitlines())
                if e and e["event"] == "metrics" and "reward/mean" in e["values"]]
-    assert math.isfinite(step[f"reward/{files['alpha']}/format/mean"])
-    assert math.isfinite(step[f"reward/{files['beta']}/language/mean"])
+    from r1flow.data.benchmarks import benchmark_name
+
+    assert math.isfinite(step[f"reward/{benchmark_name(str(files['alpha']))}/format/mean"])
+    assert math.isfinite(step[f"reward/{benchmark_name(str(files['beta']))}/language/mean"])
 
 
 def test_score_batch_gives_keys_to_keyed_rewards_only():

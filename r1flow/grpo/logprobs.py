@@ -66,11 +66,16 @@ def _chunk_logprobs(head, hidden: Tensor, targets: Tensor, temperature: float) -
     return picked - torch.logsumexp(logits, dim=-1)
 
 
+SCALED_LOGITS = ("final_logit_softcapping", "logits_scaling", "logit_scale")  # Gemma2, Granite, Cohere
+
+
 def _chunkable(model) -> bool:
     """A plain causal LM whose decoder and head r1flow can call apart (not a sharded one)."""
     from r1flow.sharding import is_sharded
 
-    return (not is_sharded(model) and hasattr(model, "get_decoder")
+    config = getattr(model, "config", None)
+    scaled = any(getattr(config, k, None) not in (None, 1.0) for k in SCALED_LOGITS)  # the head alone is not the logits
+    return (not scaled and not is_sharded(model) and hasattr(model, "get_decoder")
             and getattr(model.get_output_embeddings(), "weight", None) is not None)
 
 

@@ -49,7 +49,9 @@ def source_label(src: PromptSource) -> str:
     ``DataSource``'s short name (MLflow metric names allow no ``:@[]``)."""
     from r1flow.data.benchmarks import benchmark_name
 
-    return src.source if isinstance(src.source, str) else benchmark_name(src.source)
+    if isinstance(src.source, str) and src.source in ("arith", "nonreasoning"):
+        return src.source
+    return benchmark_name(src.source)  # "gsm8k=data/gsm8k/train.jsonl" -> "gsm8k_train": no "=" in metric names
 
 
 def mix_sources(lists: list[list[dict]], weights: list[float]) -> list[dict]:
