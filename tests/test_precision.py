@@ -83,6 +83,8 @@ def test_autocast_forwards_is_idempotent_and_lets_fp32_alone(tok):
 def test_frozen_copies_are_bf16_without_gradients(tok):
     ref = freeze(build_model(ARCH, tok, seed=0), compute_dtype({"dtype": "bfloat16"}))
     assert all(p.dtype == torch.bfloat16 and not p.requires_grad for p in ref.parameters())
+    rotary = [b for name, b in ref.named_buffers() if "inv_freq" in name]
+    assert rotary and all(b.dtype == torch.float32 for b in rotary)  # positions keep their fp32 angles
     assert not ref.training
     with pytest.raises(ValueError, match="dtype"):
         compute_dtype({"dtype": "float16"})
