@@ -20,7 +20,8 @@ from __future__ import annotations
 import torch
 
 from r1flow.attention import use_native_gqa
-from r1flow.engine import HFEngine, Rollouts, assemble_rollouts, check_generate_args, left_pad, seeded
+from r1flow.engine import (HFEngine, Rollouts, assemble_rollouts, check_generate_args, encode_prompts, left_pad,
+                           seeded)
 
 
 NUCLEUS_CANDIDATES = 1024  # a real vocabulary (152k) is sorted only when the nucleus is wider than this
@@ -69,7 +70,7 @@ class DecodeEngine(HFEngine):
                  top_p: float = 1.0, seed: int | None = None, suppress_eos: bool = False,
                  stop: tuple[str, ...] = ()) -> Rollouts:
         check_generate_args(prompts, n, max_new_tokens, temperature, top_p)
-        encoded = self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
+        encoded = encode_prompts(self.tokenizer, prompts)
         if not all(encoded):
             raise ValueError(f"prompt {[bool(e) for e in encoded].index(False)} is empty after tokenization")
         per_call = max(1, self.batch_size // n)  # distinct prompts per forward batch

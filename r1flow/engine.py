@@ -90,7 +90,7 @@ class HFEngine:
                  top_p: float = 1.0, seed: int | None = None, suppress_eos: bool = False,
                  stop: tuple[str, ...] = ()) -> Rollouts:
         check_generate_args(prompts, n, max_new_tokens, temperature, top_p)
-        encoded = self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
+        encoded = encode_prompts(self.tokenizer, prompts)
         if not all(encoded):
             raise ValueError(f"prompt {[bool(e) for e in encoded].index(False)} is empty after tokenization")
         rows = [i for i in range(len(prompts)) for _ in range(n)]
@@ -181,6 +181,25 @@ def stop_cut(ids: list[int], tokenizer, stop: tuple[str, ...]) -> int | None:
         mid = (low + high) // 2
         low, high = (low, mid) if has_stop(mid) else (mid + 1, high)
     return low
+
+
+def encode_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:
+    """Token ids of rendered prompts, starting with the BOS token when the tokenizer adds one on
+    its own (Llama 3, DeepSeek-R1-Distill) and the text does not already hold it (a chat template
+    that writes it). Special tokens are otherwise never added, so a template renders exactly.
+
+    Every engine and the SFT trainer encode prompts here: what a model is trained on starts as what
+    it is sampled from."""
+    encoded = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None or not _adds_bos(tokenizer):
+        return encoded
+    return [ids if ids[:1] == [bos] else [bos] + ids for ids in encoded]
+
+
+def _adds_bos(tokenizer) -> bool:
+    probe = tokenizer("a")["input_ids"]
+    return bool(probe) and probe[0] == tokenizer.bos_token_id
 
 
 def make_engine(kind: str, model, tokenizer, **kw) -> GenerationEngine:

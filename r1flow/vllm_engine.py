@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from r1flow.engine import Rollouts, assemble_rollouts, check_generate_args, eos_token_ids, left_pad
+from r1flow.engine import Rollouts, assemble_rollouts, check_generate_args, encode_prompts, eos_token_ids, left_pad
 
 
 def _reload_weights(worker, blob: bytes) -> int:
@@ -83,7 +83,7 @@ class VLLMEngine:
         check_generate_args(prompts, n, max_new_tokens, temperature, top_p)
         if self.sleeping:
             self.wake_up()
-        encoded = self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
+        encoded = encode_prompts(self.tokenizer, prompts)
         requests = [{"prompt_token_ids": ids} for ids in encoded]
         params = [SamplingParams(n=n, temperature=temperature, top_p=top_p,
                                  max_tokens=max_new_tokens, min_tokens=max_new_tokens if suppress_eos else 0,

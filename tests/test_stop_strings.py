@@ -75,3 +75,18 @@ def test_the_chat_template_renders_through_the_models_own(hub_cache):
     assert r1(text, add_special_tokens=False)["input_ids"].count(r1.bos_token_id) == 1  # no second BOS
     with pytest.raises(ValueError, match="no chat template|has none"):
         render_prompt("What is 2+3?", "chat", load_tokenizer("HuggingFaceTB/SmolLM2-135M-Instruct"))
+
+
+def test_prompts_start_with_bos_where_the_tokenizer_adds_one_and_never_twice(hub_cache):
+    """DeepSeek-R1-Distill's tokenizer adds its BOS (as Llama 3's does): a plain template gets it
+    once, a chat template that writes it keeps one; Qwen2.5's has none and gets none."""
+    from r1flow.engine import encode_prompts
+    from r1flow.loading import load_tokenizer
+    from r1flow.templates import render_prompt
+
+    r1 = load_tokenizer("deepseek-ai/DeepSeek-R1-Distill-Qwen-32B")
+    plain, chat = encode_prompts(r1, [render_prompt("2+3?", "r1"), render_prompt("2+3?", "chat", r1)])
+    assert plain[0] == r1.bos_token_id and plain[1] != r1.bos_token_id
+    assert chat[0] == r1.bos_token_id and chat[1] != r1.bos_token_id
+    qwen = load_tokenizer("Qwen/Qwen2.5-Math-1.5B")
+    assert encode_prompts(qwen, ["User: 2+3?"]) == [qwen("User: 2+3?", add_special_tokens=False)["input_ids"]]

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from r1flow.checkpoint import Checkpointer
+from r1flow.engine import encode_prompts
 from r1flow.flops import compute_params, sft_flops
 from r1flow.ranks import all_ranks_sum, rank_world
 from r1flow.sharding import as_float, backward_share, is_sharded, micro_batches, sum_gradients
@@ -101,7 +102,7 @@ def encode(examples: list[dict], tokenizer, max_len: int, completion_only: bool)
     """Token ids and labels per example; prompt labels are -100 when ``completion_only``."""
     prompts = [e["prompt"] for e in examples]
     completions = tokenizer([e["completion"] for e in examples], add_special_tokens=False)["input_ids"]
-    prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"] if any(prompts) else [[]] * len(examples)
+    prompt_ids = encode_prompts(tokenizer, prompts) if any(prompts) else [[]] * len(examples)
     rows = []
     for p_ids, c_ids in zip(prompt_ids, completions):
         c_ids = c_ids + [tokenizer.eos_token_id]
