@@ -21,20 +21,22 @@ import time
 from typing import Any
 
 from prefect import get_run_logger
+from prefect._internal.compatibility.async_dispatch import async_dispatch
 from prefect.context import get_run_context
-from prefect.filesystems import LocalFileSystem
+from prefect.filesystems import WritableFileSystem
 from prefect.settings import PREFECT_UI_URL
+from prefect.utilities.asyncutils import run_sync_in_worker_thread
 
-from r1flow import lineage, mlflow_runs, multinode
+from r1flow import cache, lineage, mlflow_runs, multinode
 from r1flow.cache import code_version, stage_key
 from r1flow.checkpoint import checkpoint_prefix, clear_saved
 from r1flow.config import SHARDABLE, PipelineConfig
 from r1flow.preflight import preflight
 from r1flow.runtime import Runtime
-from r1flow.store import ArtifactRef
+from r1flow.store import ArtifactRef, open_store
 from tasks import artifacts
 from tasks.remote import run_stage_deployment
-from tasks.stage import invalidate_stale, run_stage, run_stage_shard
+from tasks.stage import run_stage, run_stage_shard
 
 RESUMABLE_FLOWS = ("r1-pipeline", "r1-zero")
 
@@ -81,7 +83,7 @@ class PipelineRun:
                                                  parent_run_id=self.parent_run_id, flow_run_id=flow_run_id)
             lineage.write_pipeline(self.store, self.record)
         self.refs: dict[str, ArtifactRef] = {}
-        self.result_storage = _saved_result_storage(str(self.runtime.results_dir))
+        self.result_storage = _saved_result_storage(self.runtime)
 
     def _start_parent(self, flow: str) -> str:
         run_id = mlflow_runs.start_run(
@@ -141,7 +143,7 @@ class PipelineRun:
             # afresh: no resuming from this key's earlier checkpoints either — but only once: a
             # retry of this flow run (``prefect flow-run retry``) replays --refresh and must resume
             clear_saved(self.store, checkpoint_prefix(self.runtime.output_key(name, key)))
-        invalidate_stale(name, key, self.runtime)
+        cache.drop_stale_record(self.store, key, self.runtime.output_key(name, key))
         lineage.write_attempt(self.store, self.name, attempt)
         self._record(name, state="running",
                      inputs=json.dumps({k: v.uri for k, v in inputs.items()}, sort_keys=True))
@@ -275,11 +277,43 @@ class PipelineRun:
                 "artifacts": {k: v.uri for k, v in self.refs.items()}}
 
 
-def _saved_result_storage(path: str) -> str:
-    """Prefect's cache records beside the store, as a saved block (Prefect requires one)."""
-    name = "r1flow-results-" + hashlib.sha256(path.encode()).hexdigest()[:12]
-    LocalFileSystem(basepath=path).save(name, overwrite=True)
-    return f"local-file-system/{name}"
+class StoreRecords(WritableFileSystem):
+    """Prefect's records of finished stage runs (the cache entries) kept in the r1flow store every
+    worker shares (``r1flow.cache.RECORDS``), through the store's own client (S3 endpoint,
+    credentials chain, retries): a stage finished on one machine is ``Cached`` on every other."""
+
+    _block_type_name = "r1flow store records"
+    store_root: str
+    s3_endpoint_url: str | None = None
+
+    def _store(self):
+        return open_store(self.store_root, s3_endpoint_url=self.s3_endpoint_url)
+
+    async def aread_path(self, path: str) -> bytes | None:
+        return await run_sync_in_worker_thread(cache.read_record, self._store(), path)
+
+    @async_dispatch(aread_path)
+    def read_path(self, path: str) -> bytes | None:  # None: no record, no cache hit
+        return cache.read_record(self._store(), path)
+
+    async def awrite_path(self, path: str, content: bytes) -> str:
+        await run_sync_in_worker_thread(cache.write_record, self._store(), path, content)
+        return path
+
+    @async_dispatch(awrite_path)
+    def write_path(self, path: str, content: bytes) -> str:
+        cache.write_record(self._store(), path, content)
+        return path
+
+
+def _saved_result_storage(runtime: Runtime) -> str:
+    """Where Prefect keeps the stage tasks' records: the run's store, as a saved block (Prefect
+    requires one to read a record back; one per store, whichever machine saves it)."""
+    where = f"{runtime.store_root} {runtime.s3_endpoint_url or ''}"
+    name = "r1flow-records-" + hashlib.sha256(where.encode()).hexdigest()[:12]
+    records = StoreRecords(store_root=runtime.store_root, s3_endpoint_url=runtime.s3_endpoint_url)
+    records.save(name, overwrite=True)
+    return f"{StoreRecords.get_block_type_slug()}/{name}"
 
 
 def _flow_run_id() -> str | None:

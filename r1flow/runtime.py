@@ -46,11 +46,6 @@ class Runtime(BaseModel):
         if not self.tracking_uri:
             self.tracking_uri = mlflow_runs.default_tracking_uri(self.home)
 
-    @property
-    def results_dir(self) -> Path:
-        """Prefect's persisted task results (the cache records) live beside the store."""
-        return self.home / "prefect-results"
-
     def store(self) -> Store:
         return open_store(self.store_root, s3_endpoint_url=self.s3_endpoint_url)
 

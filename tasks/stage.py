@@ -272,10 +272,3 @@ def _start_mlflow_run(stage: str, key: str, inputs: dict[str, ArtifactRef], runt
     tags["prefect.task_run_id"] = str(ctx.task_run.id)
     return mlflow_runs.start_run(runtime.tracking_uri, runtime.experiment_id(), stage,
                                  parent=runtime.parent_run_id, tags=tags)
-
-
-def invalidate_stale(stage: str, key: str, runtime: Runtime) -> None:
-    """Drop the cached Prefect record of ``key`` when its artifact no longer verifies."""
-    record = runtime.results_dir / key
-    if record.exists() and not runtime.store().verify(runtime.output_key(stage, key)):
-        record.unlink()

@@ -221,6 +221,8 @@ def test_compose_services_are_wired_to_each_other(resolved):
     assert s["mlflow"]["build"]["target"] == "mlflow"
     gpu = s["gpu-worker"]
     assert gpu["profiles"] == ["gpu"]
+    limit = gpu["command"].index("--limit") if "--limit" in gpu["command"] else None
+    assert limit and gpu["command"][limit + 1] == "1", "one run at a time: two would share the GPU"
     assert gpu["build"]["dockerfile"] == "docker/Dockerfile.gpu"
     devices = gpu["deploy"]["resources"]["reservations"]["devices"]
     assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
@@ -270,6 +272,6 @@ def test_dockerfile_runs_unprivileged_without_secrets(dockerfile):
     assert not re.search(r"(?m)^(ENV|ARG)\s+\S*(PASSWORD|SECRET|TOKEN|ACCESS_KEY)", text)
     if dockerfile.name == "Dockerfile.gpu":
         assert "+cpu" not in text and "constraints.txt -" not in text, "no CPU pins in the GPU image"
-        assert '"--pool", "r1flow-gpu"' in final
+        assert '"--pool", "r1flow-gpu"' in final and '"--limit", "1"' in final  # one run per GPU
     else:
         assert '"--pool", "r1flow-cpu"' in final

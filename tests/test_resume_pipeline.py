@@ -91,10 +91,12 @@ def test_resume_on_another_machine_refuses_a_changed_config_then_continues_in_th
         out = r1flow(["resume", "crashy"], machine_b, **env)
         text = out.stdout + out.stderr
         assert out.returncode == 0, text[-4000:]
-        assert "stage base: output already published at s3://runs/r1/artifacts/base/" in text
         assert "resuming from checkpoint s3://runs/r1/checkpoints/r1_zero/" in text and "step-00000002" in text
         (parent,) = _parents(home, "crashy")  # the same parent run, reopened and finished
         assert parent.info.status == "FINISHED"
+        # A's Prefect record of base is in the store: base is Cached on B, its task body never ran
+        assert parent.data.tags["r1flow.stage.base.state"] == "cached"
+        assert "output already published" not in text
         (run,) = _stage_runs(home, "crashy")
         assert run.info.status == "FINISHED" and _steps(home, run.info.run_id) == [1, 2, 3]
         again = r1flow(["resume", "crashy"], machine_b, **env)
