@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_DATA = Path(os.environ.get("R1FLOW_SHARED_DATA", REPO.parent / "shared" / "data"))
+SHARED_DATA = Path(os.environ.get("R1FLOW_SHARED_DATA", "/work/shared/data"))  # real benchmarks, hub configs
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # a hub cache of the session's own, set before anything imports huggingface_hub (which reads it once):
 # the ``hub_cache`` fixture fills it with small random-weight models on real configs and tokenizers
