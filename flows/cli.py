@@ -289,11 +289,22 @@ def _memory_plans(cfg) -> list:
 @app.command()
 def status(name: Optional[str] = typer.Argument(None, help="pipeline run name (default: latest)"),
            experiment: Optional[str] = Experiment, preset: Optional[str] = ReadPreset,
-           config: Optional[str] = ConfigFile, set_: Optional[list[str]] = Sets):
+           config: Optional[str] = ConfigFile, set_: Optional[list[str]] = Sets,
+           explain: Optional[str] = typer.Option(None, "--explain", help="STAGE: what its cache key is made of")):
     """Each stage of a pipeline run: done / cached / failed / running, artifact URI, MLflow run."""
     _setup_env()
-    from flows.status import status_table
+    from flows.status import explain_stage, status_table
 
+    if explain:
+        if not name:
+            typer.secho("--explain STAGE needs the run NAME", fg="red", err=True)
+            raise typer.Exit(2)
+        try:
+            typer.echo(explain_stage(name, explain, _experiment(experiment, preset, config, set_)))
+        except (LookupError, ValueError) as exc:
+            typer.secho(str(exc), fg="red", err=True)
+            raise typer.Exit(2)
+        return
     typer.echo(status_table(name, _experiment(experiment, preset, config, set_)))
 
 

@@ -124,7 +124,7 @@ class PipelineRun:
             now = lineage.StageAttempt(  # its inputs are known only once upstream ran: not compared here
                 stage=stage, key="", config={k: v for k, v in section.model_dump(mode="json").items()
                                              if k not in exclude},
-                runtime=self.runtime.stage_runtime(), inputs=previous.inputs, code=code_version())
+                runtime=self.runtime.stage_runtime(), inputs=previous.inputs, code=code_version(stage))
             if changes := lineage.changed_since(previous, now):
                 raise ConfigChanged(lineage.refusal(stage, self.name, crashed[1], changes))
 
@@ -137,7 +137,7 @@ class PipelineRun:
         attempt = lineage.StageAttempt(
             stage=name, key=key, config={k: v for k, v in config.items() if k not in exclude},
             runtime=self.runtime.stage_runtime(), inputs={k: v.digest for k, v in inputs.items()},
-            code=code_version(), flow_run_id=self.flow_run_id)
+            code=code_version(name), flow_run_id=self.flow_run_id)
         attempt.warm_start = self._warm_start(attempt)
         if name in self.refresh and self.owns_parent and not self._retrying(attempt):
             # afresh: no resuming from this key's earlier checkpoints either — but only once: a
@@ -195,8 +195,8 @@ class PipelineRun:
         if not self.expected or self.expected.get("key") == key:
             return
         theirs = self.expected.get("code", "")
-        why = (f"r1flow here is code version {code_version()[:12]}, the pipeline's is {theirs[:12]}: deploy the "
-               "same r1flow on every pool" if theirs != code_version() else
+        why = (f"r1flow here is code version {code_version(stage)[:12]}, the pipeline's is {theirs[:12]}: deploy "
+               "the same r1flow on every pool" if theirs != code_version(stage) else
                "the config or inputs resolve differently on this pool")
         raise KeyMismatch(f"stage {stage}: cache key {key[:12]} here, {self.expected.get('key', '')[:12]} "
                           f"expected by the pipeline; {why}")

@@ -121,3 +121,32 @@ def pipeline_record(name: str, store_root: str | None = None, s3_endpoint_url: s
         raise LookupError(f"no record of a pipeline run named {name!r} in {runtime.store_root} "
                           "(a one-stage run is re-run with `r1flow stage`, not resumed)")
     return record
+
+
+def explain_stage(name: str, stage: str, experiment: str = mlflow_runs.EXPERIMENT) -> str:
+    """What the cache key of ``stage`` in run ``name`` was made of (its store record): the config
+    digest, the shared runtime settings, each input's digest and the code version — the stage's own
+    modules, assets and lock file (``r1flow.cache.code_version``) — and whether that code changed."""
+    from r1flow import lineage
+    from r1flow.cache import PACKAGE, code_version, stage_modules
+    from r1flow.store import digest_json
+
+    record = pipeline_record(name, experiment=experiment)  # finds the run's store
+    runs = mlflow_runs.find_pipeline_runs(Runtime().tracking_uri, name, experiment)
+    params = runs[0].data.params if runs else {}
+    endpoint = params.get("store.s3_endpoint_url", "None")
+    store = Runtime(store_root=params.get("store.root", ""),
+                    s3_endpoint_url=None if endpoint == "None" else endpoint).store()
+    attempt = lineage.read_attempt(store, record.name, stage)
+    if attempt is None:
+        raise LookupError(f"stage {stage} has no record in run {name!r}")
+    now = code_version(stage)
+    modules = [str(p.relative_to(PACKAGE.parent)) for p in stage_modules(stage)]
+    lines = [f"stage {stage} of run {name!r} ({attempt.status}): cache key {attempt.key}",
+             f"  config   {digest_json(attempt.config)[:16]}  ({len(attempt.config)} fields)",
+             f"  runtime  {digest_json(attempt.runtime)[:16]}  ({', '.join(sorted(attempt.runtime))})"]
+    lines += [f"  input    {k} = {v[:16]}" for k, v in sorted(attempt.inputs.items())]
+    lines.append(f"  code     {attempt.code[:16]}, now {now[:16]} ({'unchanged' if attempt.code == now else 'CHANGED'}):"
+                 f" {len(modules)} modules, the package's assets, constraints.txt")
+    lines += [f"             {m}" for m in modules]
+    return "\n".join(lines)

@@ -16,6 +16,7 @@ Prefect).
 from __future__ import annotations
 
 import hashlib
+import re
 import json
 from functools import lru_cache
 from pathlib import Path
@@ -24,19 +25,78 @@ from typing import Any
 from r1flow.store import ArtifactRef, MissingArtifact, Store, digest_json
 
 PACKAGE = Path(__file__).resolve().parent
+_MODULE = re.compile(r"^r1flow(\.\w+)+$")
+LOCK = PACKAGE.parent / "constraints.txt"  # the pinned dependencies: part of every code version
 RECORDS = "prefect-results"  # under the store root: Prefect's record of each finished stage, by key
 
 
-@lru_cache(maxsize=1)
-def code_version() -> str:
-    """sha256 over the library's source and assets (sorted by path)."""
+@lru_cache(maxsize=None)
+def code_version(stage: str | None = None) -> str:
+    """sha256 over the library source a stage runs — the modules its process can import
+    (``stage_modules``), the package's data assets and the lock file — or, without a stage, over
+    the whole package. An edit to a module the stage never imports leaves its key alone."""
+    files = stage_modules(stage) if stage else sorted(
+        p for p in PACKAGE.rglob("*.py") if "__pycache__" not in p.parts)
     h = hashlib.sha256()
-    for path in sorted(p for p in PACKAGE.rglob("*") if p.is_file() and p.suffix in {".py", ".jsonl", ".json"}):
-        if "__pycache__" in path.parts:
-            continue
+    for path in [*files, *sorted(p for p in PACKAGE.rglob("*") if p.suffix in {".jsonl", ".json"} and p.is_file())]:
         h.update(str(path.relative_to(PACKAGE)).encode())
         h.update(path.read_bytes())
+    h.update(LOCK.read_bytes() if LOCK.exists() else b"no lock file")
     return h.hexdigest()
+
+
+@lru_cache(maxsize=None)
+def stage_modules(stage: str) -> list[Path]:
+    """The ``r1flow`` modules a stage's process can import: every ``import`` (at module level or
+    inside a function, as the stages import lazily) followed from the stage's module and the stage
+    runner, read with ``ast`` (nothing is imported)."""
+    from r1flow.stages import STAGES
+
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; known: {', '.join(STAGES)}")
+    todo, seen = ["r1flow.stages.runner", "r1flow.stages.__main__", STAGES[stage]], set()
+    while todo:
+        name = todo.pop()
+        path = _module_file(name)
+        if path is None or path in seen:
+            continue
+        seen.add(path)
+        todo += [*_parents(name), *_imported(path, name)]
+    return sorted(seen)
+
+
+def _module_file(name: str) -> Path | None:
+    parts = name.split(".")
+    if parts[0] != "r1flow":
+        return None
+    base = PACKAGE.joinpath(*parts[1:])
+    return next((p for p in (base.with_suffix(".py"), base / "__init__.py") if p.is_file()), None)
+
+
+def _parents(name: str) -> list[str]:
+    """Importing ``a.b.c`` runs ``a/__init__`` and ``a/b/__init__`` first."""
+    parts = name.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def _imported(path: Path, name: str) -> list[str]:
+    import ast
+
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: from . import x / from .mod import y
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([node.module] if node.module else []))
+            found += [base] + [f"{base}.{alias.name}" for alias in node.names]  # a name may be a module
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and _MODULE.match(node.value) \
+                and path != PACKAGE / "stages" / "__init__.py":  # the registry names every stage: not followed
+            found.append(node.value)  # a module run by name: ``python -m r1flow.…``, a worker's entry point
+    return found
 
 
 def stage_key(stage: str, config: dict[str, Any], runtime: dict[str, Any],
@@ -47,7 +107,7 @@ def stage_key(stage: str, config: dict[str, Any], runtime: dict[str, Any],
         "config": {k: v for k, v in config.items() if k not in exclude},
         "runtime": runtime,
         "inputs": {name: ref.digest for name, ref in sorted(inputs.items())},
-        "code": code_version(),
+        "code": code_version(stage),
     })
 
 

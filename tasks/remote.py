@@ -58,7 +58,7 @@ def run_stage_deployment(stage: str, key: str, launch: dict[str, Any], flow_para
     if not fresh and (ref := published(stage, store, output_key)):
         return ref
     name = launch["deployment"].format(stage=stage)
-    parameters = {**flow_parameters, "expected": {"key": key, "code": code_version()}}
+    parameters = {**flow_parameters, "expected": {"key": key, "code": code_version(stage)}}
     shards = int(launch.get("shards", 1))
     if shards > 1:  # one flow run per shard, on as many of the pool's workers as are free
         run_flows(stage, name, {f"shard-{i + 1}-of-{shards}": {**parameters, "shard": [i, shards]}
