@@ -146,7 +146,8 @@ def explain_stage(name: str, stage: str, experiment: str = mlflow_runs.EXPERIMEN
              f"  config   {digest_json(attempt.config)[:16]}  ({len(attempt.config)} fields)",
              f"  runtime  {digest_json(attempt.runtime)[:16]}  ({', '.join(sorted(attempt.runtime))})"]
     lines += [f"  input    {k} = {v[:16]}" for k, v in sorted(attempt.inputs.items())]
-    lines.append(f"  code     {attempt.code[:16]}, now {now[:16]} ({'unchanged' if attempt.code == now else 'CHANGED'}):"
-                 f" {len(modules)} modules, the package's assets, constraints.txt")
+    same = "unchanged" if attempt.code == now else "CHANGED"
+    lines.append(f"  code     {attempt.code[:16]}, now {now[:16]} ({same}): {len(modules)} modules, the package's "
+                 "assets, constraints.txt")
     lines += [f"             {m}" for m in modules]
     return "\n".join(lines)
