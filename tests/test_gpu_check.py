@@ -10,7 +10,9 @@ import pytest
 
 from benchmarks import gpu_check
 
-SHARED = gpu_check.HUB_DIRS[0]
+from tests.conftest import SHARED_DATA  # noqa: E402
+
+SHARED = SHARED_DATA / "hub" / gpu_check.HUB_NAME
 needs_shared = pytest.mark.skipif(not (SHARED / "config.json").is_file(), reason=f"{SHARED} is not here")
 
 

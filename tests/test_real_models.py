@@ -83,7 +83,8 @@ def test_trained_models_reload_with_the_hub_tokenizer_and_template(real_run, sta
     assert torch.isfinite(model(ids).logits).all()
 
 
-@pytest.mark.parametrize("model, template", [(TEACHER, None), ("deepseek-ai/DeepSeek-R1-Distill-Qwen-32B", "chat")])
+@pytest.mark.parametrize("model, template", [pytest.param(TEACHER, None, marks=pytest.mark.slow),
+                                             ("deepseek-ai/DeepSeek-R1-Distill-Qwen-32B", "chat")])
 def test_r1flow_evaluate_takes_a_hub_model(hub_cache, tmp_path, model, template):
     """``r1flow evaluate ORG/NAME``: the hub model pinned into a source artifact and evaluated on
     real MATH-500 problems, by default as plain chain of thought graded on its last \\boxed{}."""

@@ -97,7 +97,7 @@ def test_a_stage_leaves_nothing_behind_when_it_succeeds_or_fails(s3, tmp_path):
     assert _left(work) == []
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+@pytest.mark.parametrize("sig", [pytest.param(signal.SIGTERM, marks=pytest.mark.slow), signal.SIGKILL])
 def test_a_stopped_stage_leaves_nothing_behind(s3, tmp_path, sig):
     """SIGTERM (a cancelled run) cleans up at once; after a SIGKILL (the OOM killer) the stage
     cannot, and the next stage process on the worker removes what the dead one left."""
@@ -191,6 +191,7 @@ def _stage_processes(home: Path) -> set[int]:
     return pids
 
 
+@pytest.mark.slow  # guards that the fix keeps crash retries: the kill tests of the default run retry too
 def test_a_killed_stage_process_is_retried(models, tmp_path):
     """SIGKILL (the OOM killer, a lost node) is no verdict on the stage: it runs again, and passes."""
     home = tmp_path / "home"
