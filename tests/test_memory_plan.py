@@ -74,6 +74,7 @@ def test_one_sft_step_peaks_within_a_quarter_of_the_plan(real, checkpointing):
     assert abs(measured - planned) <= 0.25 * planned, (measured / 1e6, planned / 1e6)
 
 
+@pytest.mark.slow  # 30 s of profiling: make test-slow (the SFT measurements stay in the default run)
 def test_one_grpo_step_peaks_within_a_quarter_of_the_plan(real):
     from r1flow.grpo.params import GRPOParams
     from r1flow.grpo.rewarding import completion_reward
