@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from r1flow.config_files import ConfigError, rebase
 from r1flow.data.curate import CurationParams, RejectionParams
 from r1flow.data.sources import SourceSpec
 from r1flow.grpo.params import GRPOParams
@@ -31,10 +32,6 @@ RL_STAGES = ("r1_zero", "reasoning_rl", "final_rl")
 EVALUATION = "evaluation"  # a stage of its own flow (evaluate one model), not of the pipeline
 SHARDABLE = ("rejection_sampling", "evaluation")  # stages whose work splits into shards (launch.shards)
 MULTI_PROCESS = ("r1_zero", "cold_start", "reasoning_rl", "final_rl", "sft", "distill")  # trainers: DDP or FSDP
-
-
-class ConfigError(ValueError):
-    """An invalid config value or file, reported before any work starts."""
 
 
 class Section(BaseModel):
@@ -385,7 +382,7 @@ def _preset_data(name: str, chain: tuple[str, ...] = ()) -> dict[str, Any]:
     if name in chain:
         raise ConfigError(f"preset {name!r} extends itself: {' -> '.join(chain + (name,))}")
     file = _preset_file(name)
-    data = _rebase(_read_yaml(file), file, preset=True)  # each file's paths next to that file
+    data = rebase(_read_yaml(file), file, preset=True, rl_stages=RL_STAGES)  # each file's paths next to it
     parent = data.pop("extends", None)
     return merge(_preset_data(parent, chain + (name,)), data) if parent else data
 
@@ -397,85 +394,6 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read config file {path}: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping, not {type(data).__name__}")
-    return data
-
-
-_BUILTIN_DATA = ("arith", "nonreasoning", "r1_zero", "arith_heldout")
-
-
-def _local_paths(data: dict[str, Any]) -> list[tuple[str, Any, Any, str, str]]:
-    """Every local file a config mapping (as read from YAML) names, as ``(field, holder, key, prefix,
-    path)`` with ``holder[key] == prefix + path``: problem files (``gsm8k=PATH``, a JSONL path, a data
-    source's local ``path``) of RL prompts, cold start, rejection sampling and evaluation; cold-start
-    JSONL sources; ``reward_model.preferences``; model folders given as ``./…`` or ``../…`` (anything
-    else there is a hub id or ``s3://``)."""
-    from r1flow.data.benchmarks import FORMATS
-
-    def at(*keys: str) -> Any:
-        node: Any = data
-        for k in keys:
-            node = node.get(k) if isinstance(node, dict) else None
-        return node
-
-    def problems(field: str, holder: Any, key: Any) -> list[tuple[str, Any, Any, str, str]]:
-        value = holder[key]
-        if isinstance(value, dict):
-            field, holder, key, value = f"{field}.path", value, "path", value.get("path")
-        if not isinstance(value, str) or value in _BUILTIN_DATA or value in FORMATS or "://" in value:
-            return []
-        fmt, sep, rest = value.partition("=")
-        if not (sep and fmt in FORMATS):
-            fmt, sep, rest = "", "", value
-        return [(field, holder, key, fmt + sep, rest)]
-
-    found = []
-    for stage in RL_STAGES:
-        prompts = at(stage, "prompts")
-        for i, prompt in enumerate(prompts if isinstance(prompts, list) else []):
-            if isinstance(prompt, dict) and "source" in prompt:
-                found += problems(f"{stage}.prompts.{i}.source", prompt, "source")
-    for stage in ("cold_start", "rejection_sampling"):
-        if at(stage, "prompts") is not None:
-            found += problems(f"{stage}.prompts", data[stage], "prompts")
-    for field in ("cold_start.sources", "evaluate.benchmarks"):
-        items = at(*field.split("."))
-        for i in range(len(items) if isinstance(items, list) else 0):
-            found += problems(f"{field}.{i}", items, i)
-    for field in ("reward_model.preferences", "base.teacher.source", "base.student.source",
-                  "reward_model.source"):
-        *section, key = field.split(".")
-        holder = at(*section)
-        value = holder.get(key) if isinstance(holder, dict) else None
-        if not isinstance(value, str) or not value:
-            continue
-        if value.startswith(("./", "../")) or (key == "preferences" and "://" not in value):
-            found.append((field, holder, key, "", value))
-    return found
-
-
-def _rebase(data: dict[str, Any], file: Path, preset: bool) -> dict[str, Any]:
-    """``data``, read from ``file``, with its relative local paths (``_local_paths``) read next to it.
-
-    A user's config file (``--config``): relative to its folder; a missing file fails naming its
-    field. A preset: relative to its folder, else to the folder holding its ``configs/`` (the repo
-    root for the shipped presets); a path found in neither stays as written, relative to the current
-    directory (``data/gsm8k/…``, which the README has users create there). A path the current
-    directory finds as it is written stays so (a config sent to a worker that runs in the repo, as
-    the images do, stays valid there); any other becomes absolute. ``--set`` values are not rebased:
-    they are relative to the current directory."""
-    import os
-
-    folder = Path(file).resolve().parent
-    for field, holder, key, prefix, path in _local_paths(data):
-        if Path(path).expanduser().is_absolute():
-            continue
-        bases = (folder, folder.parent) if preset else (folder,)
-        target = next((Path(os.path.normpath(b / path)) for b in bases if os.path.exists(b / path)), None)
-        if target is None and not preset:
-            raise ConfigError(f"{field}: {os.path.normpath(folder / path)}: no such file (a relative path "
-                              f"in {file} is read next to it)")
-        if target is not None and Path(path).resolve() != target.resolve():
-            holder[key] = prefix + str(target)
     return data
 
 
@@ -506,7 +424,7 @@ def load_config(preset: str | None = "tiny", file: str | Path | None = None,
     if preset:
         data = merge(_preset_data(preset), {"preset": preset})
     if file:
-        data = merge(data, _rebase(_read_yaml(Path(file)), Path(file), preset=False))
+        data = merge(data, rebase(_read_yaml(Path(file)), Path(file), preset=False, rl_stages=RL_STAGES))
     for assignment in sets or []:
         data = apply_set(data, assignment)
     return validate(data)
